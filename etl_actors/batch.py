@@ -1,0 +1,84 @@
+"""The data plane's small types: what flows between extractor, transformer and loader.
+
+Tables travel as ``pyarrow.Table``; these wrappers carry the facts the supervisor needs
+(ids, positions, counts) without the rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record that failed, and why. ``record`` holds plain JSON-able values."""
+
+    reason: str
+    record: dict
+
+
+@dataclass(frozen=True)
+class SourceBatch:
+    """A batch read from one source partition.
+
+    ``batch_id`` is deterministic: the same id always means the same rows, so a sink's
+    ledger can recognise a replayed batch. ``position`` is where to resume once this
+    batch (and every batch before it in the partition) is loaded; it is a plain
+    msgpack-able value.
+    """
+
+    table: pa.Table
+    batch_id: str
+    partition: str
+    position: Any
+    rejects: tuple[DeadLetter, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one transformation step returns for a batch."""
+
+    table: pa.Table
+    rejects: tuple[DeadLetter, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a sink returns for one batch.
+
+    ``duplicate`` is true when the sink's ledger already held the batch id, so nothing
+    was written. ``dead_letters`` are the rows the sink refused (``errorHandling:
+    continue``); ``failed == len(dead_letters)``.
+    """
+
+    loaded: int
+    failed: int = 0
+    duplicate: bool = False
+    dead_letters: tuple[DeadLetter, ...] = field(default=(), repr=False)
+
+
+def table_bytes(table: pa.Table) -> int:
+    """The in-memory size of a table's buffers, the unit usage is measured in."""
+    return int(table.nbytes)
+
+
+def jsonable(value: Any) -> Any:
+    """A value fit for JSON / msgpack: dates and decimals become strings."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def rows_as_dead_letters(table: pa.Table, reasons: list[str]) -> tuple[DeadLetter, ...]:
+    """Pair each row of ``table`` with its reason."""
+    return tuple(DeadLetter(reason, jsonable(row)) for row, reason in zip(table.to_pylist(), reasons))

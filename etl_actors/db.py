@@ -1,0 +1,60 @@
+"""SQLAlchemy engines as users type their URLs.
+
+``postgresql://user:pw@host/db`` uses the psycopg (3) driver; SQLite gets WAL and a
+busy timeout so a reader never blocks the single writer for long.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> URL:
+    """Parse ``url``, choosing psycopg 3 for a bare ``postgresql://``/``postgres://``."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = os.path.dirname(os.path.abspath(parsed.database))
+        os.makedirs(folder, exist_ok=True)
+    return parsed
+
+
+def redact(url: str | URL) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return normalize_url(str(url) if isinstance(url, URL) else url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"
+
+
+def _on_sqlite_connect(dbapi_connection, _record):
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+@lru_cache(maxsize=64)
+def _engine(url: str, pid: int) -> sa.Engine:
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        sa.event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    return sa.create_engine(parsed, pool_pre_ping=True)
+
+
+def engine_for(url: str) -> sa.Engine:
+    """One pooled engine per URL and process (engines must not cross a fork)."""
+    return _engine(url, os.getpid())
+
+
+def is_postgres(engine: sa.Engine) -> bool:
+    return engine.dialect.name == "postgresql"

@@ -1,0 +1,65 @@
+"""One root error; each subclass tells the runtime whether a retry can help.
+
+Errors carry their context (``pipeline``, ``step``, ``partition``, ``retry_after``) as
+attributes. Messages say what was expected and what was got, and never a secret.
+"""
+from __future__ import annotations
+
+
+class EtlError(Exception):
+    """The root of every error etl_actors raises on purpose."""
+
+    retryable = False
+
+    def __init__(self, message: str, **context):
+        super().__init__(message)
+        self.context = context
+        for key, value in context.items():
+            setattr(self, key, value)
+
+
+class TerminalError(EtlError):
+    """Retrying will not help: bad configuration, bad data, a missing table."""
+
+
+class TransientError(EtlError):
+    """Retrying may help: a dropped connection, a timeout, a busy service."""
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None, **context):
+        super().__init__(message, retry_after=retry_after, **context)
+
+
+class SpecError(TerminalError):
+    """A pipeline spec is invalid. ``path`` names the offending key."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}" if path else message, path=path)
+        self.reason = message
+
+
+class SpecErrors(TerminalError):
+    """Several spec errors found in one validation pass."""
+
+    def __init__(self, errors: list[SpecError]):
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+class ConcurrencyError(EtlError):
+    """An append found its stream at another version: another writer got there first."""
+
+    def __init__(self, stream: str, expected: int, actual: int):
+        super().__init__(
+            f"stream {stream!r} is at version {actual}, expected {expected}",
+            stream=stream, expected=expected, actual=actual,
+        )
+
+
+class StepFailed(TerminalError):
+    """A required transformation step failed; ``step`` names it."""
+
+
+class RunFailed(TerminalError):
+    """A run ended in failure; ``run_id`` and ``pipeline`` say which."""

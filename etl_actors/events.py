@@ -1,0 +1,221 @@
+"""Event types, their codec and upcasting.
+
+An event is a frozen dataclass named as a past-tense fact. Its payload is encoded with
+msgpack (plain types only, never pickle) together with its ``type`` name and ``schema``
+number. When an event's shape changes, bump ``schema`` and register an upcaster that
+turns the old payload dict into the new one; old rows are upcast as they are read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import msgpack
+
+MAX_PAYLOAD_BYTES = 4 * 2**20
+
+EVENT_TYPES: dict[str, type["Event"]] = {}
+_UPCASTERS: dict[tuple[str, int], Callable[[dict], dict]] = {}
+
+
+def now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every event. ``at`` is when the fact happened (epoch seconds), so
+    projections are pure functions of the log."""
+
+    schema: ClassVar[int] = 1
+    at: float = field(default_factory=now, kw_only=True)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        EVENT_TYPES[cls.__name__] = cls
+
+    @property
+    def type(self) -> str:
+        return type(self).__name__
+
+
+def upcaster(type_name: str, from_schema: int):
+    """Register ``fn(payload) -> payload`` lifting ``type_name`` from ``from_schema`` by one."""
+    def register(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+        _UPCASTERS[(type_name, from_schema)] = fn
+        return fn
+    return register
+
+
+def encode(event: Event) -> tuple[str, int, bytes]:
+    payload = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    data = msgpack.packb(payload, use_bin_type=True)
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"{event.type} payload is {len(data)} bytes, more than {MAX_PAYLOAD_BYTES}")
+    return event.type, event.schema, data
+
+
+def decode(type_name: str, schema: int, data: bytes) -> Event:
+    payload = msgpack.unpackb(data, raw=False, strict_map_key=False,
+                              max_bin_len=MAX_PAYLOAD_BYTES, max_str_len=MAX_PAYLOAD_BYTES)
+    cls = EVENT_TYPES.get(type_name)
+    if cls is None:
+        return UnknownEvent(name=type_name, payload=payload)
+    while schema < cls.schema:
+        payload = _UPCASTERS[(type_name, schema)](payload)
+        schema += 1
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in payload.items() if k in names})
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """An event as stored: its global ``position`` and its ``version`` in ``stream``."""
+
+    position: int
+    stream: str
+    version: int
+    event: Event
+    recorded_at: float
+
+    @property
+    def type(self) -> str:
+        return self.event.type
+
+
+# --- the events ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UnknownEvent(Event):
+    """An event of a type this version does not know; kept, not dropped."""
+    name: str = ""
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineDefined(Event):
+    """A spec (by digest) was registered for the pipeline; no secrets, no URLs."""
+    pipeline: str
+    digest: str
+    source: dict
+    destination: dict
+    steps: list
+
+
+@dataclass(frozen=True)
+class LeaseAcquired(Event):
+    """A supervisor became the single writer of the pipeline's stream with ``epoch``."""
+    pipeline: str
+    epoch: int
+    owner: str
+
+
+@dataclass(frozen=True)
+class RunRequested(Event):
+    pipeline: str
+    run_id: str
+    trigger: str = "manual"
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    """A run began; ``watermark`` is the committed position it resumes from."""
+    pipeline: str
+    run_id: str
+    epoch: int
+    watermark: dict
+    partitions: list
+    total_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class PhaseStarted(Event):
+    run_id: str
+    phase: str
+
+
+@dataclass(frozen=True)
+class BatchExtracted(Event):
+    run_id: str
+    batch_id: str
+    partition: str
+    rows: int
+    bytes: int
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class BatchTransformed(Event):
+    """``steps`` holds one ``{id, recordsIn, recordsOut, durationMs, success, error?}``
+    per step."""
+    run_id: str
+    batch_id: str
+    rows_in: int
+    rows_out: int
+    rejected: int
+    filtered: int
+    steps: list
+
+
+@dataclass(frozen=True)
+class RecordsRejected(Event):
+    """Rows went to the dead-letter store; the rows are there, the count is here."""
+    run_id: str
+    batch_id: str
+    stage: str
+    count: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class BatchLoaded(Event):
+    run_id: str
+    batch_id: str
+    partition: str
+    position: Any
+    rows: int
+    failed: int = 0
+    bytes: int = 0
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class WatermarkCommitted(Event):
+    """Every batch of ``partition`` up to ``position`` is in the sink: resume after it.
+    ``done`` marks a partition finished for good (a file read to its end)."""
+    run_id: str
+    partition: str
+    position: Any
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class ChildRestarted(Event):
+    run_id: str
+    child: str
+    reason: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class StepSkipped(Event):
+    """A ``required: false`` step failed on a batch; the batch went on without it."""
+    run_id: str
+    batch_id: str
+    step: str
+    error: str
+
+
+@dataclass(frozen=True)
+class RunSucceeded(Event):
+    run_id: str
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class RunFailed(Event):
+    run_id: str
+    error: str
+    metrics: dict = field(default_factory=dict)

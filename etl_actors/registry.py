@@ -1,0 +1,39 @@
+"""Where sources, sinks and transforms register by their ``type`` string.
+
+Adding a plugin is one module and one line here. Entries are import paths, so a
+plugin's optional dependencies load only when a spec uses it.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .errors import SpecError
+
+PLUGINS: dict[str, dict[str, str]] = {
+    "source": {
+        "file": "etl_actors.sources.file:FileSource",
+        "s3": "etl_actors.sources.file:FileSource",
+        "database": "etl_actors.sources.database:DatabaseSource",
+    },
+    "transform": {
+        "map": "etl_actors.transforms.map:MapStep",
+        "filter": "etl_actors.transforms.filter:FilterStep",
+        "aggregate": "etl_actors.transforms.aggregate:AggregateStep",
+        "join": "etl_actors.transforms.join:JoinStep",
+        "function": "etl_actors.transforms.function:FunctionStep",
+    },
+    "sink": {
+        "database": "etl_actors.sinks.database:DatabaseSink",
+        "data-warehouse": "etl_actors.sinks.database:DatabaseSink",
+        "file": "etl_actors.sinks.file:FileSink",
+        "s3": "etl_actors.sinks.file:FileSink",
+    },
+}
+
+
+def lookup(kind: str, type_name: str, path: str) -> type:
+    known = PLUGINS[kind]
+    if type_name not in known:
+        raise SpecError(path, f"{type_name!r} is not one of {', '.join(sorted(known))}")
+    module, _, attr = known[type_name].partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,364 @@
+"""Pipeline specs: parse, validate, fill defaults, resolve connections and secrets.
+
+A spec is YAML, JSON or a dict, in camelCase or snake_case. Everything is validated
+before any actor starts; every error names its path, what was expected and what was
+got::
+
+    pipeline.destination.mode: 'upsrt' is not one of insert, upsert, replace
+
+Connection URLs may hold secrets (``${WAREHOUSE_URL}``); they are resolved here and
+never appear in errors, logs or events.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from .errors import SpecError
+
+REQUIRED = object()
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+def describe(value: Any) -> str:
+    """How a got-value reads in an error message."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "a mapping"}
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+
+
+class Section:
+    """A mapping of the spec at ``path``, read key by key.
+
+    ``get`` accepts the snake_case name or its camelCase form; ``done`` raises on any key
+    that was never read, suggesting the nearest known one.
+    """
+
+    def __init__(self, data: Any, path: str):
+        if not isinstance(data, Mapping):
+            raise SpecError(path, f"expected a mapping, got {describe(data)}")
+        self.data = dict(data)
+        self.path = path
+        self._known: set[str] = set()
+
+    def _key(self, name: str) -> str | None:
+        for key in (name, camel(name)):
+            if key in self.data:
+                return key
+        return None
+
+    def at(self, name: str) -> str:
+        return f"{self.path}.{camel(name)}" if self.path else camel(name)
+
+    def has(self, name: str) -> bool:
+        self._known.update((name, camel(name)))
+        return self._key(name) is not None
+
+    def get(self, name: str, default: Any = REQUIRED, *, types: tuple[type, ...] | type | None = None,
+            choices: Iterable[str] | None = None, check: Callable[[Any], str | None] | None = None) -> Any:
+        """The value at ``name``; ``check`` returns an error message or None."""
+        self._known.update((name, camel(name)))
+        key = self._key(name)
+        if key is None or self.data[key] is None:
+            if default is REQUIRED:
+                raise SpecError(self.at(name), "is required")
+            return default
+        value = self.data[key]
+        path = self.at(name)
+        if types is not None:
+            types = types if isinstance(types, tuple) else (types,)
+            ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+            if not ok and float in types and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise SpecError(path, f"expected {_type_name(types)}, got {describe(value)}")
+        if choices is not None:
+            choices = list(choices)
+            if value not in choices:
+                raise SpecError(path, f"{value!r} is not one of {', '.join(map(str, choices))}")
+        if check is not None and (problem := check(value)):
+            raise SpecError(path, problem)
+        return value
+
+    def positive_int(self, name: str, default: Any = REQUIRED) -> Any:
+        return self.get(name, default, types=int, check=lambda v: None if v > 0 else f"expected a positive integer, got {v}")
+
+    def str_list(self, name: str, default: Any = REQUIRED) -> tuple[str, ...]:
+        value = self.get(name, default, types=(list, str))
+        if value is default and not isinstance(value, (list, str)):
+            return value
+        items = [value] if isinstance(value, str) else value
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise SpecError(f"{self.at(name)}[{i}]", f"expected a string, got {describe(item)}")
+        return tuple(items)
+
+    def section(self, name: str, default: Any = REQUIRED) -> "Section | Any":
+        value = self.get(name, default)
+        if value is default and default is not REQUIRED:
+            return default
+        return Section(value, self.at(name))
+
+    def sections(self, name: str, default: Any = REQUIRED) -> list["Section"]:
+        value = self.get(name, default, types=list)
+        if value is default and default is not REQUIRED:
+            return default
+        return [Section(item, f"{self.at(name)}[{i}]") for i, item in enumerate(value)]
+
+    def done(self, also_allowed: Iterable[str] = ()) -> None:
+        allowed = self._known | set(also_allowed) | {camel(a) for a in also_allowed}
+        for key in self.data:
+            if key not in allowed:
+                near = difflib.get_close_matches(key, sorted(k for k in allowed if k != snake(k) or "_" not in k), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise SpecError(f"{self.path}.{key}" if self.path else key, f"unknown key{hint}")
+
+
+# --- loading ---------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """A safe YAML loader that keeps mapping keys such as ``on``/``yes``/``off`` as the
+    words the user wrote, instead of YAML 1.1 booleans."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)
+    result = {}
+    for key_node, value_node in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:bool":
+            key = key_node.value
+        else:
+            key = loader.construct_object(key_node, deep=deep)
+        result[key] = loader.construct_object(value_node, deep=deep)
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_text(text: str, origin: str = "<spec>") -> dict:
+    """Parse YAML (a superset of JSON) into a plain dict, safely."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError("", f"{origin}: not valid YAML or JSON{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError("", f"{origin}: expected a mapping at the top, got {describe(data)}")
+    return data
+
+
+def load_file(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise SpecError("", f"cannot read spec {path!r}: {exc.strerror}") from None
+    return load_text(text, origin=path)
+
+
+# --- connections and secrets -----------------------------------------------------
+
+def substitute_env(value: str, path: str, env: Mapping[str, str] | None = None) -> str:
+    """Replace ``${NAME}`` (or ``${NAME:-default}``) with the environment's value."""
+    env = os.environ if env is None else env
+
+    def replace(match: re.Match) -> str:
+        name, fallback = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if fallback is not None:
+            return fallback
+        raise SpecError(path, f"environment variable {name} is not set")
+
+    return _ENV_REF.sub(replace, value)
+
+
+@dataclass(frozen=True)
+class SpecContext:
+    """What plugins need while building from a spec: resolved connections and the
+    folder relative paths are read from."""
+
+    connections: Mapping[str, str] = field(default_factory=dict, repr=False)
+    base_dir: str = "."
+
+    def connection(self, section: Section, name: str = "connection") -> str:
+        """The URL for a ``connection`` key: a name from ``connections:`` or a URL."""
+        ref = section.get(name, types=str)
+        path = section.at(name)
+        if ref in self.connections:
+            return self.connections[ref]
+        if "://" in ref or ref.startswith("${"):
+            return substitute_env(ref, path)
+        known = ", ".join(sorted(self.connections)) or "none defined"
+        raise SpecError(path, f"unknown connection {ref!r} (known: {known})")
+
+    def resolve_path(self, path: str) -> str:
+        path = os.path.expanduser(path)
+        if "://" in path or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(self.base_dir, path))
+
+
+def _connections(root: Section) -> dict[str, str]:
+    section = root.section("connections", {})
+    if not isinstance(section, Section):
+        return {}
+    result = {}
+    for name, value in section.data.items():
+        path = f"connections.{name}"
+        if isinstance(value, Mapping) and "url" in value:
+            value = value["url"]
+        if not isinstance(value, str):
+            raise SpecError(path, f"expected a URL string, got {describe(value)}")
+        result[str(name)] = substitute_env(value, path)
+    return result
+
+
+# --- the pipeline spec -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the runtime runs a pipeline: pool sizes, backpressure, CPU per actor."""
+
+    parallelism: int | None = None      # transformer pool; None = the cluster's CPUs
+    max_in_flight: int = 4              # batches between extraction and commit
+    extractors: int = 1                 # extractor actors (partitions are shared out)
+    num_cpus: float = 0.0               # CPUs each stage actor reserves
+    max_child_restarts: int = 5         # per child per run before the run fails
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A validated pipeline: plugins built, connections resolved, defaults filled."""
+
+    name: str
+    source: Any
+    transformations: tuple[Any, ...]
+    destination: Any
+    runtime: RuntimeOptions = RuntimeOptions()
+    schedule: Mapping[str, Any] | None = None
+    pricing: Mapping[str, Any] | None = None
+    digest: str = ""
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def stream(self) -> str:
+        """The event stream this pipeline's supervisor writes."""
+        return f"pipeline:{self.name}"
+
+
+def _digest(data: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _runtime(section: Section) -> RuntimeOptions:
+    return RuntimeOptions(
+        parallelism=section.positive_int("parallelism", None),
+        max_in_flight=section.positive_int("max_in_flight", 4),
+        extractors=section.positive_int("extractors", 1),
+        num_cpus=float(section.get("num_cpus", 0.0, types=(int, float),
+                                   check=lambda v: None if v >= 0 else f"expected >= 0, got {v}")),
+        max_child_restarts=section.get("max_child_restarts", 5, types=int),
+    )
+
+
+def build_plugin(kind: str, section: Section, ctx: SpecContext) -> Any:
+    """Build a source, sink or transform from its section, by its ``type``."""
+    from .registry import lookup
+
+    type_name = section.get("type", types=str)
+    cls = lookup(kind, type_name, section.at("type"))
+    return cls.from_spec(section, ctx)
+
+
+def _pipeline_body(root: Section, ctx: SpecContext) -> tuple[Any, tuple, Any, Section | None]:
+    if root.has("pipeline"):
+        body = root.section("pipeline")
+        source = build_plugin("source", body.section("source"), ctx)
+        steps = _transformations(body, "transformations", ctx)
+        destination = build_plugin("sink", body.section("destination"), ctx)
+        return source, steps, destination, body
+    if root.has("batch"):
+        body = root.section("batch")
+        source = build_plugin("source", body.section("source"), ctx)
+        processing = body.section("processing", None)
+        steps: tuple = ()
+        if processing is not None:
+            steps = _transformations(processing, "transformations", ctx)
+            processing.done(("chunk_size", "parallelism", "max_in_flight", "extractors", "num_cpus"))
+        destination = build_plugin("sink", body.section("destination"), ctx)
+        return source, steps, destination, processing if processing is not None else body
+    for other in ("stream", "validation"):
+        if root.has(other):
+            raise SpecError(other, f"{other} specs are not supported by this version; use 'pipeline' or 'batch'")
+    raise SpecError("pipeline", "is required (a spec declares 'pipeline' or 'batch')")
+
+
+def _transformations(section: Section, name: str, ctx: SpecContext) -> tuple[Any, ...]:
+    steps = [build_plugin("transform", s, ctx) for s in section.sections(name, [])]
+    seen: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        if step.id in seen:
+            raise SpecError(f"{section.at(name)}[{i}].id", f"duplicate step id {step.id!r} (also at [{seen[step.id]}])")
+        seen[step.id] = i
+    return tuple(steps)
+
+
+def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
+    """Validate a spec given as a dict and build the pipeline it declares."""
+    root = Section(data, "")
+    name = root.get("name", types=str, check=lambda v: None if _NAME.match(v) else
+                    f"{v!r} is not a valid pipeline name (letters, digits, '.', '_', '-'; 128 at most)")
+    ctx = SpecContext(connections=_connections(root), base_dir=base_dir)
+    source, steps, destination, body = _pipeline_body(root, ctx)
+    runtime = _runtime(root.section("runtime")) if root.has("runtime") else RuntimeOptions()
+    if body is not None and (body.has("parallelism") or body.has("max_in_flight") or body.has("extractors")):
+        runtime = _runtime(body)
+    body and body.done(("source", "transformations", "destination", "chunk_size",
+                        "parallelism", "max_in_flight", "extractors", "num_cpus", "max_child_restarts"))
+    schedule = root.get("schedule", None, types=dict)
+    pricing = root.get("pricing", None, types=dict)
+    root.done(("version", "description", "metadata", "pipeline", "batch"))
+    return PipelineSpec(name=name, source=source, transformations=steps, destination=destination,
+                        runtime=runtime, schedule=schedule, pricing=pricing, digest=_digest(data), raw=data)
+
+
+def parse_file(path: str) -> PipelineSpec:
+    return parse(load_file(path), base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def parse_any(spec: "str | os.PathLike | Mapping[str, Any] | PipelineSpec") -> PipelineSpec:
+    if isinstance(spec, PipelineSpec):
+        return spec
+    if isinstance(spec, Mapping):
+        return parse(spec)
+    return parse_file(os.fspath(spec))

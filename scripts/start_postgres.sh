@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Start the machine's PostgreSQL cluster and make the role and database the tests use.
+# Idempotent. Prints the URL to use as ETL_TEST_PG_URL.
+set -euo pipefail
+ROLE=${ETL_PG_ROLE:-etl}
+PASSWORD=${ETL_PG_PASSWORD:-etl}
+DB=${ETL_PG_DB:-etl_test}
+
+if ! command -v pg_lsclusters >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+read -r VERSION CLUSTER PORT STATUS _ < <(pg_lsclusters --no-header | head -n 1)
+if [ -z "${VERSION:-}" ]; then
+  VERSION=$(ls /usr/lib/postgresql | sort -n | tail -n 1); CLUSTER=main
+  pg_createcluster "$VERSION" "$CLUSTER" >/dev/null
+  read -r VERSION CLUSTER PORT STATUS _ < <(pg_lsclusters --no-header | head -n 1)
+fi
+if [ "$STATUS" != "online" ]; then
+  pg_ctlcluster "$VERSION" "$CLUSTER" start
+fi
+for _ in $(seq 1 30); do
+  pg_isready -q -p "$PORT" -h localhost && break
+  sleep 1
+done
+psql_su() { su postgres -c "psql -p $PORT -v ON_ERROR_STOP=1 -qtA $*"; }
+if [ "$(psql_su "-c \"SELECT 1 FROM pg_roles WHERE rolname='$ROLE'\"")" != "1" ]; then
+  psql_su "-c \"CREATE ROLE $ROLE LOGIN SUPERUSER PASSWORD '$PASSWORD'\""
+fi
+if [ "$(psql_su "-c \"SELECT 1 FROM pg_database WHERE datname='$DB'\"")" != "1" ]; then
+  psql_su "-c \"CREATE DATABASE $DB OWNER $ROLE\""
+fi
+echo "postgresql://$ROLE:$PASSWORD@localhost:$PORT/$DB"

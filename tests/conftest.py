@@ -1,0 +1,61 @@
+"""Shared fixtures: one local Ray per session, a real PostgreSQL, unique names.
+
+PostgreSQL comes from ``ETL_TEST_PG_URL`` (``make test`` starts the server and sets
+it). A test that needs it and cannot reach it fails; it does not quietly pass.
+"""
+import os
+import uuid
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))
+
+import pytest
+import sqlalchemy as sa
+
+PG_URL = os.environ.get("ETL_TEST_PG_URL", "postgresql://etl:etl@localhost:5432/etl_test")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False,
+                   object_store_memory=512 * 2**20, namespace="etl_actors", log_to_driver=False)
+    yield ctx
+    ray.shutdown()
+
+
+@pytest.fixture
+def uniq():
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """The test PostgreSQL server's URL; fails the test when it is not reachable."""
+    from etl_actors.db import engine_for
+
+    try:
+        with engine_for(PG_URL).connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - the message names the fix
+        pytest.fail(f"PostgreSQL not reachable at ETL_TEST_PG_URL ({exc.__class__.__name__}); "
+                    "run scripts/start_postgres.sh or `make test`")
+    return PG_URL
+
+
+@pytest.fixture
+def pg_schema(pg_url, uniq):
+    """A fresh PostgreSQL schema for one test, dropped afterwards; yields a URL whose
+    connections use it as their search_path."""
+    from etl_actors.db import engine_for
+
+    schema = f"t_{uniq}"
+    with engine_for(pg_url).begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    yield f"{pg_url}?options=-csearch_path%3D{schema}"
+    with engine_for(pg_url).begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
