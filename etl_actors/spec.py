@@ -215,11 +215,18 @@ class SpecContext:
         ref = section.get(name, types=str)
         path = section.at(name)
         if ref in self.connections:
-            return self.connections[ref]
+            return self._anchor(self.connections[ref])
         if "://" in ref or ref.startswith("${"):
-            return substitute_env(ref, path)
+            return self._anchor(substitute_env(ref, path))
         known = ", ".join(sorted(self.connections)) or "none defined"
         raise SpecError(path, f"unknown connection {ref!r} (known: {known})")
+
+    def _anchor(self, url: str) -> str:
+        """Relative SQLite paths are read from the spec's folder, like file paths."""
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + self.resolve_path(url[len(prefix):])
+        return url
 
     def resolve_path(self, path: str) -> str:
         path = os.path.expanduser(path)

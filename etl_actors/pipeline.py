@@ -1,0 +1,127 @@
+"""The Python surface: build a pipeline from a spec and run it.
+
+    >>> import etl_actors as ea
+    >>> result = ea.Pipeline.from_file("examples/orders.yaml").run()   # doctest: +SKIP
+    >>> result["status"], result["recordsLoaded"]                        # doctest: +SKIP
+    ('success', 1000)
+
+``run`` uses Ray: the cluster at ``RAY_ADDRESS`` (or the one ``ray job submit`` runs
+in), else a local one it starts. ``runtime="local"`` runs the same classes in this
+process instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Mapping
+
+from .errors import SpecError
+from .eventlog import EventLog
+from .projections import runs as runs_projection
+from .projections import watermarks as watermarks_projection
+from .spec import PipelineSpec, parse, parse_file
+
+DEFAULT_LOG = "sqlite:///.etl_actors/events.db"
+SUPERVISOR_RETRIES = 3
+
+
+def resolve_log_url(log: str | None = None) -> str:
+    """``log``, else ``$ETL_ACTORS_LOG``, else a SQLite file under ``./.etl_actors/``;
+    relative SQLite paths are made absolute so every actor opens the same file."""
+    url = log or os.environ.get("ETL_ACTORS_LOG") or DEFAULT_LOG
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        url = prefix + os.path.abspath(url[len(prefix):])
+    return url
+
+
+def ensure_ray(**init_kwargs) -> None:
+    """Connect to Ray once per process: the cluster at ``RAY_ADDRESS`` if set, else a new
+    local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    init_kwargs.setdefault("namespace", "etl_actors")
+    init_kwargs.setdefault("log_to_driver", False)
+    init_kwargs.setdefault("configure_logging", False)
+    ray.init(**init_kwargs)
+
+
+class Pipeline:
+    """A validated pipeline spec and the ways to run it."""
+
+    def __init__(self, spec: PipelineSpec):
+        self.spec = spec
+
+    @classmethod
+    def from_file(cls, path: str) -> "Pipeline":
+        return cls(parse_file(path))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str = ".") -> "Pipeline":
+        return cls(parse(data, base_dir=os.path.abspath(base_dir)))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def run(self, log: str | None = None, runtime: str = "ray", trigger: str = "manual") -> dict:
+        """Run once from the committed watermark; return the run summary (``status`` is
+        ``success`` or ``failed``)."""
+        log_url = resolve_log_url(log)
+        if runtime == "local":
+            return run_local(self.spec, log_url, trigger)
+        if runtime != "ray":
+            raise SpecError("runtime", f"{runtime!r} is not one of ray, local")
+        return run_on_ray(self.spec, log_url, trigger)
+
+    def status(self, log: str | None = None) -> dict:
+        return pipeline_status(self.name, resolve_log_url(log), self.spec)
+
+    def stop(self) -> None:
+        """Ask the running supervisor to finish its batches in flight and stop."""
+        import ray
+
+        from .runtime.actors import NAMESPACE, supervisor_name
+
+        ensure_ray()
+        ray.get(ray.get_actor(supervisor_name(self.name), namespace=NAMESPACE).stop.remote())
+
+
+def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual") -> dict:
+    from .runtime.local import LocalChildren
+    from .runtime.supervisor import PipelineSupervisor
+
+    return asyncio.run(PipelineSupervisor(spec, log_url, LocalChildren).run(trigger))
+
+
+def run_on_ray(spec: PipelineSpec, log_url: str, trigger: str = "manual") -> dict:
+    import ray
+    from ray.exceptions import RayActorError
+
+    from .runtime.actors import start_supervisor
+
+    ensure_ray()
+    actor = start_supervisor(spec, log_url)
+    try:
+        for attempt in range(SUPERVISOR_RETRIES + 1):
+            try:
+                return ray.get(actor.run.remote(trigger))
+            except RayActorError:
+                if attempt == SUPERVISOR_RETRIES:
+                    raise
+    finally:
+        ray.kill(actor, no_restart=True)
+
+
+def pipeline_status(name: str, log_url: str, spec: PipelineSpec | None = None) -> dict:
+    """What the log says of a pipeline: watermark, run count, the last run."""
+    recorded = EventLog(log_url).read(f"pipeline:{name}")
+    runs = runs_projection.project(recorded)
+    marks = watermarks_projection.project(recorded)
+    view = getattr(spec.source, "view_watermark", None) if spec else None
+    last = runs.last(name)
+    return {"pipeline": name, "watermark": view(marks) if view else marks, "runs": len(runs.of(name)),
+            "lastRun": runs_projection.summary(last, view) if last else None}

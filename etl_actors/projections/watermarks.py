@@ -1,0 +1,24 @@
+"""Where to resume: the committed position of every partition of one pipeline.
+
+State: ``{partition: position}``. Only ``WatermarkCommitted`` moves it, and a commit
+is appended only after the sink holds every batch up to that position.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from ..events import Event, RecordedEvent, WatermarkCommitted
+
+
+def evolve(state: Mapping[str, Any], event: Event | RecordedEvent) -> Mapping[str, Any]:
+    event = getattr(event, "event", event)
+    if isinstance(event, WatermarkCommitted):
+        return {**state, event.partition: event.position}
+    return state
+
+
+def project(events: Iterable[Event | RecordedEvent]) -> dict[str, Any]:
+    state: Mapping[str, Any] = {}
+    for event in events:
+        state = evolve(state, event)
+    return dict(state)

@@ -1,0 +1,173 @@
+"""The one module that imports Ray: it turns the plain classes into actors.
+
+* ``etl:<pipeline>`` — the supervisor, an async actor in the ``etl_actors`` namespace
+  with a ``control`` concurrency group so ``status`` and ``stop`` answer while a run is
+  busy. It owns its children, so they share its fate.
+* ``etl:<pipeline>:extractor:<i>``, ``...:transformer:<i>``, ``...:loader`` — sync stage
+  actors. Tables pass between them as ObjectRefs; the supervisor sees only reports.
+
+Children are created with ``max_restarts=0``: when one dies, its call raises here and
+the supervisor records ``ChildRestarted``, creates it again and retries the batch
+(loaders are idempotent by batch id, so a retry after a commit is a no-op).
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from ..spec import PipelineSpec
+from .stages import Extractor, Loader, Transformer
+from .supervisor import ChildLost, PipelineSupervisor
+
+NAMESPACE = "etl_actors"
+
+
+def supervisor_name(pipeline: str) -> str:
+    return f"etl:{pipeline}"
+
+
+class RayTransformer(Transformer):
+    def finish_refs(self, batch_id: str, run_id: str, *partials):
+        """``finish`` with the partial tables passed as top-level (resolved) arguments."""
+        return self.finish(list(partials), batch_id, run_id)
+
+
+_STAGES = {"extractor": Extractor, "transformer": RayTransformer, "loader": Loader}
+
+
+def _unwrap(exc: RayTaskError) -> BaseException:
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+class RayChildren:
+    """Implements :class:`~.supervisor.Children` with Ray actors."""
+
+    def __init__(self, spec: PipelineSpec, log_url: str):
+        self.spec, self.log_url = spec, log_url
+        self.handles: dict[tuple[str, int], Any] = {}
+
+    def cpus(self) -> int:
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def _args(self, kind: str, index: int) -> tuple:
+        name = self.spec.name
+        if kind == "extractor":
+            return (name, self.spec.source, self.log_url, index)
+        if kind == "transformer":
+            return (name, self.spec.transformations, self.log_url, index)
+        return (name, self.spec.destination, self.log_url)
+
+    def _name(self, kind: str, index: int) -> str:
+        suffix = f":{index}" if kind != "loader" else ""
+        return f"{supervisor_name(self.spec.name)}:{kind}{suffix}"
+
+    async def _create(self, kind: str, index: int) -> None:
+        cls = ray.remote(_STAGES[kind])
+        for attempt in range(50):
+            try:
+                handle = cls.options(name=self._name(kind, index), namespace=NAMESPACE,
+                                     num_cpus=self.spec.runtime.num_cpus, max_restarts=0,
+                                     max_task_retries=0).remote(*self._args(kind, index))
+                break
+            except ValueError:  # the name of a dying predecessor is not free yet
+                await asyncio.sleep(0.2)
+        else:
+            raise RuntimeError(f"cannot create {self._name(kind, index)}: the name stays taken")
+        self.handles[(kind, index)] = handle
+
+    async def _await(self, kind: str, index: int, ref):
+        try:
+            return await ref
+        except RayActorError as exc:
+            raise ChildLost(f"{kind}#{index}", type(exc).__name__) from None
+        except RayTaskError as exc:
+            raise _unwrap(exc) from None
+
+    async def start(self, extractors: int, transformers: int) -> None:
+        wanted = [("extractor", i) for i in range(extractors)] + \
+                 [("transformer", i) for i in range(transformers)] + [("loader", 0)]
+        for kind, index in wanted:
+            await self._create(kind, index)
+
+    async def open(self, index: int, partition: str, position: Any) -> None:
+        handle = self.handles[("extractor", index)]
+        await self._await("extractor", index, handle.open.remote(partition, position))
+
+    async def next_batch(self, index: int, run_id: str):
+        handle = self.handles[("extractor", index)]
+        report_ref, table_ref = handle.next_batch.options(num_returns=2).remote(run_id)
+        report = await self._await("extractor", index, report_ref)
+        return report, (table_ref if report is not None else None)
+
+    async def transform(self, index: int, ref, batch_id: str, run_id: str):
+        handle = self.handles[("transformer", index)]
+        out_ref, report_ref = handle.apply.options(num_returns=2).remote(ref, batch_id, run_id)
+        return out_ref, await self._await("transformer", index, report_ref)
+
+    async def finish_transform(self, refs: list, batch_id: str, run_id: str):
+        handle = self.handles[("transformer", 0)]
+        out_ref, report_ref = handle.finish_refs.options(num_returns=2).remote(batch_id, run_id, *refs)
+        return out_ref, await self._await("transformer", 0, report_ref)
+
+    async def load(self, ref, batch_id: str, run_id: str) -> dict:
+        handle = self.handles[("loader", 0)]
+        return await self._await("loader", 0, handle.load.remote(ref, batch_id, run_id))
+
+    async def finish_load(self) -> None:
+        await self._await("loader", 0, self.handles[("loader", 0)].finish.remote())
+
+    async def restart(self, kind: str, index: int) -> None:
+        old = self.handles.pop((kind, index), None)
+        if old is not None:
+            ray.kill(old, no_restart=True)
+        await self._create(kind, index)
+
+    async def stop(self) -> None:
+        loader = self.handles.get(("loader", 0))
+        if loader is not None:
+            try:
+                await asyncio.wait_for(loader.close.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - closing is best effort; the actor dies next
+                pass
+        for handle in self.handles.values():
+            ray.kill(handle, no_restart=True)
+        self.handles.clear()
+
+
+@ray.remote(num_cpus=0, concurrency_groups={"control": 1})
+class SupervisorActor:
+    """``PipelineSupervisor`` on Ray. May be restarted: ``__init__`` replays the log,
+    and a retried ``run`` resumes from the committed watermark."""
+
+    def __init__(self, spec: PipelineSpec, log_url: str):
+        self.supervisor = PipelineSupervisor(spec, log_url, RayChildren)
+
+    def __repr__(self) -> str:
+        return repr(self.supervisor)
+
+    async def run(self, trigger: str = "manual", run_id: str | None = None) -> dict:
+        return await self.supervisor.run(trigger, run_id)
+
+    @ray.method(concurrency_group="control")
+    async def status(self) -> dict:
+        return self.supervisor.status()
+
+    @ray.method(concurrency_group="control")
+    async def stop(self) -> None:
+        self.supervisor.stop()
+
+
+def start_supervisor(spec: PipelineSpec, log_url: str):
+    """Create the pipeline's supervisor; refuses when one is already running."""
+    name = supervisor_name(spec.name)
+    try:
+        existing = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        existing = None
+    if existing is not None:
+        raise RuntimeError(f"pipeline {spec.name!r} is already running (actor {name!r})")
+    return SupervisorActor.options(name=name, namespace=NAMESPACE, max_restarts=3).remote(spec, log_url)

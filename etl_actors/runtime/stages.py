@@ -1,0 +1,203 @@
+"""The stage workers: extractor, transformer and loader, as plain classes.
+
+Each is built from frozen descriptions (a source, the transformation steps, a sink)
+and opens its resources in the process it runs in. They report facts (counts,
+positions, per-step metrics) as small dicts; the supervisor turns them into events.
+Rows that fail are written to the dead-letter store here, keyed by batch id, so a
+retried batch does not write them twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
+
+from ..batch import DeadLetter, SourceBatch, StepResult
+from ..errors import StepFailed, TerminalError
+from ..eventlog import EventLog
+
+
+class Extractor:
+    """Reads one partition at a time from a source, one batch per call."""
+
+    def __init__(self, pipeline: str, source: Any, log_url: str, index: int = 0):
+        self.pipeline, self.source, self.log_url, self.index = pipeline, source, log_url, index
+        self._batches: Iterator[SourceBatch] | None = None
+        self._partition: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Extractor[{self.pipeline}#{self.index}]"
+
+    def open(self, partition: str, position: Any) -> None:
+        """Start reading ``partition`` after ``position``."""
+        self._partition = partition
+        self._batches = iter(self.source.read(partition, position))
+
+    def next_batch(self, run_id: str) -> tuple[dict | None, pa.Table | None]:
+        """The next batch of the open partition as ``(report, table)``; ``(None, None)``
+        once it is exhausted."""
+        batch = next(self._batches, None) if self._batches is not None else None
+        if batch is None:
+            self._batches = None
+            return None, None
+        if batch.rejects:
+            EventLog(self.log_url).put_dead_letters(self.pipeline, run_id, batch.batch_id, "extract", batch.rejects)
+        report = {"batch_id": batch.batch_id, "partition": batch.partition, "position": batch.position,
+                  "rows": batch.table.num_rows, "bytes": int(batch.table.nbytes),
+                  "rejected": len(batch.rejects), "reject_reason": _first_reason(batch.rejects)}
+        return report, batch.table
+
+
+def _first_reason(letters: Sequence[DeadLetter]) -> str:
+    return letters[0].reason if letters else ""
+
+
+def split_chain(steps: Sequence[Any]) -> tuple[tuple, Any | None, tuple]:
+    """Split the steps at the first blocking one: ``(before, blocking, after)``."""
+    for i, step in enumerate(steps):
+        if step.blocking:
+            return tuple(steps[:i]), step, tuple(steps[i + 1:])
+    return tuple(steps), None, ()
+
+
+class Transformer:
+    """Applies the transformation chain to a batch.
+
+    Steps run in order; each records recordsIn, recordsOut and its duration. A failing
+    step with ``required: false`` is recorded and skipped; a failing required step
+    raises :class:`StepFailed` naming it. When the chain holds a blocking step
+    (aggregate), :meth:`apply` returns that step's partial state and :meth:`finish`
+    combines the partials and runs the steps after it.
+    """
+
+    def __init__(self, pipeline: str, steps: Sequence[Any], log_url: str, index: int = 0):
+        self.pipeline, self.log_url, self.index = pipeline, log_url, index
+        self.before, self.blocking, self.after = split_chain(steps)
+        for step in steps:
+            step.open()
+
+    def __repr__(self) -> str:
+        return f"Transformer[{self.pipeline}#{self.index}]"
+
+    def apply(self, table: pa.Table, batch_id: str, run_id: str) -> tuple[pa.Table, dict]:
+        table, report = self._run_steps(self.before, table, batch_id, run_id)
+        if self.blocking is not None:
+            table = self._timed_partial(table, report)
+        return table, report
+
+    def finish(self, partials: Sequence[pa.Table], batch_id: str, run_id: str) -> tuple[pa.Table, dict]:
+        """Combine the blocking step's partials, then run the steps after it."""
+        started = time.perf_counter()
+        table = self.blocking.combine(list(partials))
+        head = _step_metrics(self.blocking.id, sum(p.num_rows for p in partials), table.num_rows, started)
+        table, report = self._run_steps(self.after, table, batch_id, run_id)
+        report["steps"].insert(0, head)
+        report["batch_id"] = content_id("aggregate", table)
+        return table, report
+
+    def _timed_partial(self, table: pa.Table, report: dict) -> pa.Table:
+        started = time.perf_counter()
+        try:
+            partial = self.blocking.partial(table)
+        except Exception as exc:  # noqa: BLE001 - a blocking step cannot be skipped
+            raise StepFailed(f"step {self.blocking.id!r} failed: {_message(exc)}", step=self.blocking.id) from exc
+        report["steps"].append(_step_metrics(self.blocking.id, table.num_rows, table.num_rows, started, partial=True))
+        return partial
+
+    def _run_steps(self, steps, table: pa.Table, batch_id: str, run_id: str) -> tuple[pa.Table, dict]:
+        report = {"rows_in": table.num_rows, "steps": [], "rejected": 0, "skipped": [], "reasons": []}
+        for step in steps:
+            table = self._run_step(step, table, batch_id, run_id, report)
+        report["rows_out"] = table.num_rows
+        report["filtered"] = report["rows_in"] - report["rows_out"] - report["rejected"]
+        return table, report
+
+    def _run_step(self, step, table: pa.Table, batch_id: str, run_id: str, report: dict) -> pa.Table:
+        started = time.perf_counter()
+        try:
+            result: StepResult = step.apply(table)
+        except Exception as exc:  # noqa: BLE001 - the step's own failure, reported by id
+            if step.required:
+                raise StepFailed(f"step {step.id!r} failed: {_message(exc)}", step=step.id) from exc
+            report["skipped"].append({"step": step.id, "error": _message(exc)})
+            report["steps"].append(_step_metrics(step.id, table.num_rows, table.num_rows, started,
+                                                 success=False, error=_message(exc)))
+            return table
+        if result.rejects:
+            EventLog(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, f"transform:{step.id}",
+                                                    result.rejects)
+            report["rejected"] += len(result.rejects)
+            report["reasons"].append(result.rejects[0].reason)
+        report["steps"].append(_step_metrics(step.id, table.num_rows, result.table.num_rows, started))
+        return result.table
+
+
+def _step_metrics(step_id: str, rows_in: int, rows_out: int, started: float, success: bool = True,
+                  error: str | None = None, partial: bool = False) -> dict:
+    metrics = {"id": step_id, "recordsIn": rows_in, "recordsOut": rows_out,
+               "durationMs": round((time.perf_counter() - started) * 1000, 3), "success": success}
+    if error:
+        metrics["error"] = error
+    if partial:
+        metrics["partial"] = True
+    return metrics
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Loader:
+    """Writes batches to one sink, one transaction per batch.
+
+    May be retried: a batch id already in the sink's ledger is a no-op, so calling
+    :meth:`load` twice with the same batch leaves its rows once.
+    """
+
+    def __init__(self, pipeline: str, sink: Any, log_url: str):
+        self.pipeline, self.sink, self.log_url = pipeline, sink, log_url
+        self._writer = None
+
+    def __repr__(self) -> str:
+        return f"Loader[{self.pipeline}]"
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            self._writer = self.sink.open(self.pipeline)
+        return self._writer
+
+    def load(self, table: pa.Table, batch_id: str, run_id: str) -> dict:
+        result = self.writer.write(table, batch_id)
+        if result.dead_letters:
+            EventLog(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, "load", result.dead_letters)
+        return {"batch_id": batch_id, "loaded": result.loaded, "failed": result.failed,
+                "duplicate": result.duplicate, "bytes": int(table.nbytes),
+                "reason": result.dead_letters[0].reason if result.dead_letters else ""}
+
+    def finish(self) -> None:
+        self.writer.finish()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def content_id(prefix: str, table: pa.Table) -> str:
+    """A batch id derived from a table's contents: equal tables, equal ids."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return f"{prefix}:{hashlib.sha256(sink.getvalue()).hexdigest()[:24]}"
+
+
+def ensure_table(value: Any) -> pa.Table:
+    if isinstance(value, pa.RecordBatch):
+        return pa.Table.from_batches([value])
+    if not isinstance(value, pa.Table):
+        raise TerminalError(f"expected a pyarrow Table, got {type(value).__name__}")
+    return value

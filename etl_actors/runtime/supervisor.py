@@ -1,0 +1,386 @@
+"""The pipeline supervisor: the single writer of its pipeline's event stream.
+
+On start it replays the stream (watermarks, run history, the last lease epoch). A run
+takes the lease with the next epoch, reads every partition from its committed
+position, keeps at most ``max_in_flight`` batches between extraction and commit,
+and commits positions in order: a partition's watermark advances to the highest
+position below which every batch is loaded.
+
+Children are reached through a :class:`Children` implementation (in-process threads
+in :mod:`.local`, Ray actors in :mod:`.actors`); batches travel between them as
+references the supervisor never opens.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections import deque
+from typing import Any, Protocol
+
+from .. import events as ev
+from ..errors import ConcurrencyError, EtlError
+from ..eventlog import EventLog
+from ..projections import runs as runs_projection
+from ..projections import watermarks as watermarks_projection
+from ..spec import PipelineSpec
+from .stages import split_chain
+
+
+class ChildLost(EtlError):
+    """A child process died while holding a call; ``child`` names it."""
+
+    def __init__(self, child: str, reason: str):
+        super().__init__(f"{child} was lost: {reason}", child=child, reason=reason)
+
+
+class Children(Protocol):
+    """How a supervisor reaches its children. ``Ref`` is whatever carries a table
+    (the table itself in-process, an ObjectRef on Ray). Calls raise :class:`ChildLost`
+    when the child died; :meth:`restart` replaces it."""
+
+    def cpus(self) -> int: ...
+    async def start(self, extractors: int, transformers: int) -> None: ...
+    async def open(self, index: int, partition: str, position: Any) -> None: ...
+    async def next_batch(self, index: int, run_id: str) -> tuple[dict | None, Any]: ...
+    async def transform(self, index: int, ref: Any, batch_id: str, run_id: str) -> tuple[Any, dict]: ...
+    async def finish_transform(self, refs: list, batch_id: str, run_id: str) -> tuple[Any, dict]: ...
+    async def load(self, ref: Any, batch_id: str, run_id: str) -> dict: ...
+    async def finish_load(self) -> None: ...
+    async def restart(self, kind: str, index: int) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class PartitionCommits:
+    """The batches of one partition in extraction order; commits the loaded prefix."""
+
+    def __init__(self):
+        self.order: deque[str] = deque()
+        self.loaded: dict[str, Any] = {}
+
+    def extracted(self, batch_id: str) -> None:
+        self.order.append(batch_id)
+
+    def mark_loaded(self, batch_id: str, position: Any) -> tuple[bool, Any]:
+        """Record a loaded batch; return ``(advanced, position)`` of the new commit."""
+        self.loaded[batch_id] = position
+        advanced, committed = False, None
+        while self.order and self.order[0] in self.loaded:
+            committed = self.loaded.pop(self.order.popleft())
+            advanced = True
+        return advanced, committed
+
+
+class PipelineSupervisor:
+    """Plans and drives the runs of one pipeline; see the module docstring."""
+
+    def __init__(self, spec: PipelineSpec, log_url: str, children_factory):
+        self.spec = spec
+        self.log = EventLog(log_url)
+        self.log_url = log_url
+        self._children_factory = children_factory
+        self._stopping = False
+        self._current: str | None = None
+        self.recover()
+
+    def __repr__(self) -> str:
+        return f"PipelineSupervisor[{self.spec.name}]"
+
+    # --- state from the log ---------------------------------------------------------
+
+    def recover(self) -> None:
+        """Replay the stream: version, lease epoch, watermarks, run history."""
+        recorded = self.log.read(self.spec.stream)
+        self.version = recorded[-1].version if recorded else 0
+        self.epoch = max((r.event.epoch for r in recorded if isinstance(r.event, ev.LeaseAcquired)), default=0)
+        self.digest = next((r.event.digest for r in reversed(recorded)
+                            if isinstance(r.event, ev.PipelineDefined)), None)
+        self.watermarks = watermarks_projection.project(recorded)
+        self.runs = runs_projection.project(recorded)
+
+    def append(self, *events: ev.Event) -> None:
+        """Append to the stream at the version this supervisor holds (fenced)."""
+        self.version = self.log.append(self.spec.stream, list(events), expected_version=self.version)
+        for event in events:
+            self.watermarks = watermarks_projection.evolve(self.watermarks, event)
+            self.runs = runs_projection.evolve(self.runs, event)
+
+    def _take_lease(self) -> None:
+        self.recover()
+        name = self.spec.name
+        self.epoch += 1
+        opening: list[ev.Event] = [ev.LeaseAcquired(pipeline=name, epoch=self.epoch,
+                                                    owner=f"{socket.gethostname()}:{os.getpid()}")]
+        for run in self.runs.unfinished(name):
+            opening.append(ev.RunFailed(run_id=run.run_id, error="interrupted: the run's supervisor was lost"))
+        if self.digest != self.spec.digest:
+            opening.append(ev.PipelineDefined(
+                pipeline=name, digest=self.spec.digest, source=self.spec.source.describe(),
+                destination=self.spec.destination.describe(),
+                steps=[{"id": s.id, "type": s.type} for s in self.spec.transformations]))
+            self.digest = self.spec.digest
+        self.append(*opening)
+
+    # --- control --------------------------------------------------------------------
+
+    def status(self) -> dict:
+        last = self.runs.last(self.spec.name)
+        return {"pipeline": self.spec.name, "running": self._current is not None, "runId": self._current,
+                "watermark": self.spec.source.view_watermark(self.watermarks) if hasattr(
+                    self.spec.source, "view_watermark") else self.watermarks,
+                "lastRun": runs_projection.summary(last) if last else None}
+
+    def stop(self) -> None:
+        """Finish the batches in flight, then end the run without reading more."""
+        self._stopping = True
+
+    # --- a run ----------------------------------------------------------------------
+
+    async def run(self, trigger: str = "manual", run_id: str | None = None) -> dict:
+        """Run the pipeline once from its committed watermark; return the run summary."""
+        self._take_lease()
+        run = _Run(self, run_id or uuid.uuid4().hex[:12], trigger)
+        self._current = run.run_id
+        try:
+            await run.execute()
+        finally:
+            self._current = None
+        return self.summary(run.run_id)
+
+    def summary(self, run_id: str) -> dict:
+        view = getattr(self.spec.source, "view_watermark", None)
+        return runs_projection.summary(self.runs.by_id[run_id], view)
+
+
+class _Run:
+    """One run's moving parts; lives only while the run does."""
+
+    def __init__(self, sup: PipelineSupervisor, run_id: str, trigger: str):
+        self.sup, self.spec, self.run_id, self.trigger = sup, sup.spec, run_id, trigger
+        self.children: Children = sup._children_factory(sup.spec, sup.log_url)
+        self.before, self.blocking, self.after = split_chain(self.spec.transformations)
+        self.deferred = self.blocking is not None or self.spec.destination.commits_at_finish
+        self.commits: dict[str, PartitionCommits] = {}
+        self.last_loaded: dict[str, Any] = {}
+        self.partials: list = []
+        self.restarts: dict[str, int] = {}
+        self.transformer_load: list[int] = []
+        self.slots: asyncio.Semaphore | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.failure: BaseException | None = None
+
+    async def execute(self) -> None:
+        sup, spec = self.sup, self.spec
+        partitions = spec.source.partitions(sup.watermarks)
+        sizes = [spec.source.estimate_bytes(p) for p in partitions]
+        total = sum(sizes) if partitions and all(s is not None for s in sizes) else None
+        sup.append(ev.RunRequested(pipeline=spec.name, run_id=self.run_id, trigger=self.trigger),
+                   ev.RunStarted(pipeline=spec.name, run_id=self.run_id, epoch=sup.epoch,
+                                 watermark=dict(sup.watermarks), partitions=list(partitions), total_bytes=total))
+        try:
+            await self._execute(partitions)
+        except BaseException as exc:  # noqa: BLE001 - every failure ends the run in the log
+            await self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            await self.children.stop()
+
+    async def _execute(self, partitions: list[str]) -> None:
+        runtime = self.spec.runtime
+        n_transformers = runtime.parallelism or max(1, self.children.cpus())
+        n_extractors = max(1, min(runtime.extractors, len(partitions)))
+        await self.children.start(n_extractors, n_transformers)
+        self.transformer_load = [0] * n_transformers
+        self.slots = asyncio.Semaphore(runtime.max_in_flight)
+        self.sup.append(ev.PhaseStarted(run_id=self.run_id, phase="extract"))
+        queue = deque(partitions)
+        readers = [asyncio.create_task(self._read(i, queue)) for i in range(n_extractors)]
+        await self._gather(readers)
+        await self._drain()
+        if self.blocking is not None:
+            await self._finish_blocking()
+        self.sup.append(ev.PhaseStarted(run_id=self.run_id, phase="finish"))
+        await self._call("loader", 0, lambda: self.children.finish_load())
+        if self.deferred:
+            self.sup.append(*[ev.WatermarkCommitted(run_id=self.run_id, partition=p, position=pos,
+                                                    done=_is_done(pos))
+                              for p, pos in self.last_loaded.items()])
+        if self.sup._stopping:
+            self.sup._stopping = False
+            raise EtlError("stopped on request after the batches in flight were committed")
+        self.sup.append(ev.RunSucceeded(run_id=self.run_id, metrics=self._metrics()))
+
+    def _metrics(self) -> dict:
+        return runs_projection.summary(self.sup.runs.by_id[self.run_id])
+
+    async def _gather(self, tasks: list[asyncio.Task]) -> None:
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+
+    async def _drain(self) -> None:
+        while self.tasks:
+            done, _ = await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                self.tasks.discard(task)
+                if task.exception() is not None:
+                    for other in self.tasks:
+                        other.cancel()
+                    raise task.exception()
+
+    # --- extraction -------------------------------------------------------------------
+
+    async def _read(self, index: int, queue: deque) -> None:
+        while queue and not self.sup._stopping and self.failure is None:
+            partition = queue.popleft()
+            position = self.sup.watermarks.get(partition)
+            self.commits[partition] = PartitionCommits()
+            await self._call("extractor", index, lambda: self.children.open(index, partition, position))
+            await self._read_partition(index, partition, position)
+
+    async def _read_partition(self, index: int, partition: str, position: Any) -> None:
+        while not self.sup._stopping:
+            await self.slots.acquire()
+            if self.failure is not None:
+                self.slots.release()
+                raise self.failure
+            try:
+                report, ref = await self._next(index, partition, position)
+            except BaseException:
+                self.slots.release()
+                raise
+            if report is None:
+                self.slots.release()
+                return
+            position = report["position"]
+            self.commits[partition].extracted(report["batch_id"])
+            events: list[ev.Event] = [ev.BatchExtracted(
+                run_id=self.run_id, batch_id=report["batch_id"], partition=partition, rows=report["rows"],
+                bytes=report["bytes"], rejected=report["rejected"])]
+            if report["rejected"]:
+                events.append(ev.RecordsRejected(run_id=self.run_id, batch_id=report["batch_id"], stage="extract",
+                                                 count=report["rejected"], reason=report["reject_reason"]))
+            self.sup.append(*events)
+            task = asyncio.create_task(self._process(report, ref))
+            self.tasks.add(task)
+            task.add_done_callback(self._on_done)
+
+    async def _next(self, index: int, partition: str, position: Any):
+        """The next batch; a lost extractor is restarted at the last extracted position."""
+        try:
+            return await self.children.next_batch(index, self.run_id)
+        except ChildLost as lost:
+            await self._restarted("extractor", index, lost)
+            await self.children.open(index, partition, position)
+            return await self._next(index, partition, position)
+
+    def _on_done(self, task: asyncio.Task) -> None:
+        self.slots.release()
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+
+    # --- transform and load -----------------------------------------------------------
+
+    async def _process(self, report: dict, ref: Any) -> None:
+        batch_id = report["batch_id"]
+        t = self.transformer_load.index(min(self.transformer_load))
+        self.transformer_load[t] += 1
+        try:
+            out, tr = await self._call("transformer", t, lambda: self.children.transform(t, ref, batch_id, self.run_id))
+        finally:
+            self.transformer_load[t] -= 1
+        self._transformed(batch_id, tr)
+        if self.blocking is not None:
+            self.partials.append(out)
+            self._loaded(report, {"loaded": 0, "failed": 0, "duplicate": False, "bytes": 0}, record=False)
+            return
+        result = await self._call("loader", 0, lambda: self.children.load(out, batch_id, self.run_id))
+        self._loaded(report, result)
+
+    def _transformed(self, batch_id: str, tr: dict) -> None:
+        events: list[ev.Event] = [ev.BatchTransformed(
+            run_id=self.run_id, batch_id=batch_id, rows_in=tr["rows_in"], rows_out=tr["rows_out"],
+            rejected=tr["rejected"], filtered=tr["filtered"], steps=tr["steps"])]
+        if tr["rejected"]:
+            events.append(ev.RecordsRejected(run_id=self.run_id, batch_id=batch_id, stage="transform",
+                                             count=tr["rejected"], reason=tr["reasons"][0]))
+        events += [ev.StepSkipped(run_id=self.run_id, batch_id=batch_id, step=s["step"], error=s["error"])
+                   for s in tr["skipped"]]
+        self.sup.append(*events)
+
+    def _loaded(self, report: dict, result: dict, record: bool = True) -> None:
+        partition, batch_id = report["partition"], report["batch_id"]
+        events: list[ev.Event] = []
+        if record:
+            events.append(ev.BatchLoaded(run_id=self.run_id, batch_id=batch_id, partition=partition,
+                                         position=report["position"], rows=result["loaded"],
+                                         failed=result["failed"], bytes=result["bytes"],
+                                         duplicate=result["duplicate"]))
+            if result["failed"]:
+                events.append(ev.RecordsRejected(run_id=self.run_id, batch_id=batch_id, stage="load",
+                                                 count=result["failed"], reason=result.get("reason", "")))
+        advanced, position = self.commits[partition].mark_loaded(batch_id, report["position"])
+        if advanced:
+            if self.deferred:
+                self.last_loaded[partition] = position
+            else:
+                events.append(ev.WatermarkCommitted(run_id=self.run_id, partition=partition, position=position,
+                                                    done=_is_done(position)))
+        if events:
+            self.sup.append(*events)
+
+    async def _finish_blocking(self) -> None:
+        self.sup.append(ev.PhaseStarted(run_id=self.run_id, phase="aggregate"))
+        batch_id = f"{self.run_id}:{self.blocking.id}"
+        out, tr = await self._call("transformer", 0,
+                                   lambda: self.children.finish_transform(self.partials, batch_id, self.run_id))
+        batch_id = tr.get("batch_id", batch_id)
+        self.sup.append(ev.BatchTransformed(run_id=self.run_id, batch_id=batch_id, rows_in=tr["rows_in"],
+                                            rows_out=tr["rows_out"], rejected=tr["rejected"], filtered=0,
+                                            steps=tr["steps"]))
+        result = await self._call("loader", 0, lambda: self.children.load(out, batch_id, self.run_id))
+        self.sup.append(ev.BatchLoaded(run_id=self.run_id, batch_id=batch_id, partition="", position=None,
+                                       rows=result["loaded"], failed=result["failed"], bytes=result["bytes"],
+                                       duplicate=result["duplicate"]))
+
+    # --- failures -----------------------------------------------------------------------
+
+    async def _call(self, kind: str, index: int, call):
+        """Make a child call; when the child is lost, restart it and call again."""
+        while True:
+            try:
+                return await call()
+            except ChildLost as lost:
+                await self._restarted(kind, index, lost)
+
+    async def _restarted(self, kind: str, index: int, lost: ChildLost) -> None:
+        key = f"{kind}#{index}"
+        self.restarts[key] = attempt = self.restarts.get(key, 0) + 1
+        if attempt > self.spec.runtime.max_child_restarts:
+            raise EtlError(f"{key} was lost {attempt} times; giving up: {lost.reason}")
+        self.sup.append(ev.ChildRestarted(run_id=self.run_id, child=key, reason=lost.reason, attempt=attempt))
+        await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
+        await self.children.restart(kind, index)
+
+    async def _fail(self, exc: BaseException) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if isinstance(exc, ConcurrencyError):
+            return  # fenced out: another supervisor owns the stream now; it records the end
+        message = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
+        try:
+            self.sup.append(ev.RunFailed(run_id=self.run_id, error=message or type(exc).__name__,
+                                         metrics=self._metrics()))
+        except ConcurrencyError:
+            pass
+
+
+def _is_done(position: Any) -> bool:
+    return isinstance(position, dict) and bool(position.get("done"))
