@@ -1,0 +1,33 @@
+# The two commands: `make demo` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.core
+
+## make demo: run the example orders pipeline end to end on local Ray, SQLite and local files
+demo: $(VENV)/.core
+	$(BIN)/python examples/demo.py
+
+## make test: install the dev extra, start PostgreSQL, run every test
+test: $(VENV)/.dev
+	ETL_TEST_PG_URL="$$(bash scripts/start_postgres.sh)" $(BIN)/python -m pytest -q
+
+## make bench: the side-by-side benchmarks (prints rows/s and ratios)
+bench: $(VENV)/.dev
+	$(BIN)/python benchmarks/batch_csv_to_parquet.py
+
+clean:
+	rm -rf $(VENV) .etl_actors examples/data benchmarks/.data

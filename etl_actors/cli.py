@@ -1,0 +1,225 @@
+"""The ``etl-actors`` command line.
+
+Exit codes: 0 success, 1 the run failed, 2 an invalid spec or usage (never a
+traceback for those). ``--json`` prints machine-readable output; with ``run`` the
+last line of stdout is the run summary as one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from typing import Sequence
+
+from .errors import EtlError, SpecError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors exit 2 with a one-line message
+        self.print_usage(sys.stderr)
+        print(f"etl-actors: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="etl-actors", description="Data-pipeline services on Ray, driven by an event log.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    log_help = "event log URL (default: $ETL_ACTORS_LOG, then sqlite:///.etl_actors/events.db)"
+
+    run = sub.add_parser("run", help="run a pipeline once from its committed watermark")
+    run.add_argument("spec")
+    run.add_argument("--log", help=log_help)
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    run.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
+
+    validate = sub.add_parser("validate", help="check a spec without running it")
+    validate.add_argument("spec")
+    validate.add_argument("--json", action="store_true")
+
+    for name, text in (("status", "the watermark and last run of a pipeline"),
+                       ("events", "the events of a pipeline, one JSON object a line"),
+                       ("dlq", "the dead letters of a pipeline, one JSON object a line")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("pipeline")
+        cmd.add_argument("--log", help=log_help)
+        cmd.add_argument("--json", action="store_true")
+        if name == "dlq":
+            cmd.add_argument("--run", help="only this run's dead letters")
+            cmd.add_argument("--limit", type=int)
+        if name == "events":
+            cmd.add_argument("--from-version", type=int, default=1)
+    return parser
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, default=str), flush=True)
+
+
+def _cmd_validate(args) -> int:
+    from .spec import parse_file
+
+    spec = parse_file(args.spec)
+    if args.json:
+        _print_json({"valid": True, "pipeline": spec.name, "digest": spec.digest})
+    else:
+        steps = ", ".join(s.id for s in spec.transformations) or "none"
+        print(f"{args.spec}: valid pipeline {spec.name!r} "
+              f"({spec.source.type} -> [{steps}] -> {spec.destination.type})")
+    return EXIT_OK
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import Pipeline, resolve_log_url
+
+    pipeline = Pipeline.from_file(args.spec)
+    log_url = resolve_log_url(args.log)
+    bar = _ProgressBar(pipeline.name, log_url) if sys.stderr.isatty() else None
+    if bar:
+        bar.start()
+    try:
+        result = pipeline.run(log=log_url, runtime="local" if args.local else "ray")
+    finally:
+        if bar:
+            bar.close()
+    if args.json:
+        _print_json(result)
+    else:
+        _print_summary(result)
+    return EXIT_OK if result["status"] == "success" else EXIT_FAILED
+
+
+def _print_summary(result: dict) -> None:
+    print(f"pipeline {result['pipeline']} run {result['runId']}: {result['status']}")
+    for key in ("recordsExtracted", "recordsTransformed", "recordsLoaded", "recordsRejected",
+                "bytesProcessed", "errors", "durationMs", "throughput"):
+        print(f"  {key:<20} {result[key]}")
+    print(f"  {'watermark':<20} {json.dumps(result['watermark'], default=str)}")
+    for step in result["steps"]:
+        print(f"  step {step['id']:<15} in {step['recordsIn']:>10} out {step['recordsOut']:>10} "
+              f"{step['durationMs']:>9.1f} ms {'ok' if step['success'] else 'FAILED'}")
+    if result.get("error"):
+        print(f"  error: {result['error']}")
+
+
+def _cmd_status(args) -> int:
+    from .pipeline import pipeline_status, resolve_log_url
+
+    status = pipeline_status(args.pipeline, resolve_log_url(args.log))
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    print(f"pipeline {status['pipeline']}: {status['runs']} run(s)")
+    print(f"  watermark {json.dumps(status['watermark'], default=str)}")
+    if status["lastRun"]:
+        last = status["lastRun"]
+        print(f"  last run {last['runId']}: {last['status']}, {last['recordsLoaded']} loaded, "
+              f"{last['recordsRejected']} rejected, {last['durationMs']} ms")
+    return EXIT_OK
+
+
+def _cmd_events(args) -> int:
+    from .events import encode
+    from .eventlog import EventLog
+    from .pipeline import resolve_log_url
+
+    import msgpack
+
+    for rec in EventLog(resolve_log_url(args.log)).read(f"pipeline:{args.pipeline}", args.from_version):
+        data = msgpack.unpackb(encode(rec.event)[2], raw=False, strict_map_key=False)
+        _print_json({"position": rec.position, "stream": rec.stream, "version": rec.version, "type": rec.type,
+                     "recordedAt": _iso(rec.recorded_at), "data": data})
+    return EXIT_OK
+
+
+def _cmd_dlq(args) -> int:
+    from .eventlog import EventLog
+    from .pipeline import resolve_log_url
+
+    for letter in EventLog(resolve_log_url(args.log)).dead_letters(args.pipeline, args.run, args.limit):
+        if args.json:
+            _print_json(letter)
+        else:
+            _print_json({k: letter[k] for k in ("runId", "stage", "reason", "record")})
+    return EXIT_OK
+
+
+def _iso(epoch: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat()
+
+
+class _ProgressBar:
+    """Follows the log while a run goes and draws its progress on stderr."""
+
+    def __init__(self, pipeline: str, log_url: str):
+        from .eventlog import EventLog
+
+        self.log = EventLog(log_url)
+        self.stream = f"pipeline:{pipeline}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2)
+        sys.stderr.write("\n")
+
+    def _follow(self) -> None:
+        from .projections import progress
+
+        state = progress.Progress()
+        start = self.log.last_position() if hasattr(self.log, "last_position") else 0
+        try:
+            for rec in self.log.follow(start, poll_interval=0.25, stop=self.stop, stream_prefix=self.stream):
+                state = progress.evolve(state, rec)
+                self._draw(state)
+        except Exception:  # noqa: BLE001 - the bar is cosmetic; the run decides the outcome
+            return
+
+    def _draw(self, state) -> None:
+        width = 30
+        pct = state.percent
+        filled = int(width * (pct or 0) / 100)
+        bar = "#" * filled + "." * (width - filled)
+        pct_text = f"{pct:5.1f}%" if pct is not None else "  ?  "
+        sys.stderr.write(f"\r[{bar}] {pct_text} {state.phase:<9} {state.records_in:>12,} in "
+                         f"{state.records_out:>12,} out {state.throughput:>12,.0f} rec/s")
+        sys.stderr.flush()
+
+
+_COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "status": _cmd_status, "events": _cmd_events,
+             "dlq": _cmd_dlq}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except SpecError as exc:
+        print(f"etl-actors: invalid spec: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EtlError as exc:
+        print(f"etl-actors: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RuntimeError as exc:
+        print(f"etl-actors: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry()
