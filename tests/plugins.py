@@ -1,0 +1,64 @@
+"""Test-only plugins: a list source and an in-memory sink, importable by workers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from etl_actors.batch import LoadResult, SourceBatch
+from etl_actors.sinks.base import Sink, SinkWriter
+from etl_actors.sources.base import Source
+
+SINKS: dict[str, dict] = {}
+
+
+@dataclass(frozen=True)
+class ListSource(Source):
+    """Partitions of rows, read ``batch_size`` rows at a time; position = rows read."""
+
+    type: ClassVar[str] = "list"
+    parts: tuple = ()
+    batch_size: int = 2
+
+    def partitions(self, watermark):
+        return [p for p, _ in self.parts if not (watermark.get(p) or {}).get("done")]
+
+    def read(self, partition, position):
+        rows = dict(self.parts)[partition]
+        start = position["rows"] if position else 0
+        for i in range(start, len(rows), self.batch_size):
+            chunk = list(rows[i:i + self.batch_size])
+            end = i + len(chunk)
+            yield SourceBatch(pa.Table.from_pylist(chunk), f"{partition}#{i}", partition,
+                              {"rows": end, "done": end >= len(rows)})
+
+    def estimate_bytes(self, partition):
+        return None
+
+
+class MemoryWriter(SinkWriter):
+    def __init__(self, store: dict):
+        self.store = store
+
+    def write(self, table: pa.Table, batch_id: str) -> LoadResult:
+        if batch_id in self.store["ledger"]:
+            return LoadResult(loaded=self.store["ledger"][batch_id], duplicate=True)
+        self.store["rows"].extend(table.to_pylist())
+        self.store["ledger"][batch_id] = table.num_rows
+        return LoadResult(loaded=table.num_rows)
+
+
+@dataclass(frozen=True)
+class MemorySink(Sink):
+    """Rows kept in this process under ``name`` (local runtime only), with a ledger."""
+
+    type: ClassVar[str] = "memory"
+    name: str = "default"
+
+    def open(self, pipeline: str) -> SinkWriter:
+        return MemoryWriter(SINKS.setdefault(self.name, {"rows": [], "ledger": {}}))
+
+    @property
+    def rows(self) -> list[dict]:
+        return SINKS.get(self.name, {"rows": []})["rows"]
