@@ -1,0 +1,54 @@
+"""The same protocol on a real local Ray: actors, object refs, killed children."""
+import threading
+import time
+
+import pytest
+import ray
+
+from etl_actors import events as ev
+from etl_actors.eventlog import EventLog
+from etl_actors.pipeline import run_on_ray
+from etl_actors.spec import PipelineSpec, RuntimeOptions
+from plugins import DirSink, ListSource
+
+pytestmark = pytest.mark.ray
+
+ROWS = tuple({"id": i, "v": f"r{i}"} for i in range(40))
+
+
+def make_spec(name, out, batch_size=2, max_in_flight=2):
+    return PipelineSpec(name=name, source=ListSource(parts=(("a", ROWS),), batch_size=batch_size),
+                        transformations=(), destination=DirSink(path=str(out)),
+                        runtime=RuntimeOptions(parallelism=1, max_in_flight=max_in_flight), digest="d")
+
+
+def test_runs_on_ray_and_loads_every_row(ray_local, tmp_path, uniq):
+    spec = make_spec(f"ray-{uniq}", tmp_path / "out")
+    result = run_on_ray(spec, f"sqlite:///{tmp_path}/events.db")
+    assert result["status"] == "success"
+    assert sorted(r["id"] for r in spec.destination.rows()) == list(range(40))
+    assert result["watermark"] == {"a": {"rows": 40, "done": True}}
+
+
+def test_killed_loader_is_recreated_and_the_run_completes(ray_local, tmp_path, uniq):
+    name = f"kill-{uniq}"
+    spec = make_spec(name, tmp_path / "out", batch_size=1, max_in_flight=1)
+    log_url = f"sqlite:///{tmp_path}/events.db"
+
+    def kill_loader_once_running():
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                ray.kill(ray.get_actor(f"etl:{name}:loader", namespace="etl_actors"))
+                return
+            except ValueError:
+                time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_loader_once_running)
+    killer.start()
+    result = run_on_ray(spec, log_url)
+    killer.join()
+    assert result["status"] == "success"
+    assert sorted(r["id"] for r in spec.destination.rows()) == list(range(40))
+    restarted = [r.event for r in EventLog(log_url).read(spec.stream) if isinstance(r.event, ev.ChildRestarted)]
+    assert [e.child for e in restarted] == ["loader#0"]
