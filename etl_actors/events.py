@@ -50,6 +50,7 @@ def upcaster(type_name: str, from_schema: int):
 
 
 def encode(event: Event) -> tuple[str, int, bytes]:
+    """``(type, schema, msgpack payload)`` of ``event``; tuples come back as lists."""
     payload = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     data = msgpack.packb(payload, use_bin_type=True)
     if len(data) > MAX_PAYLOAD_BYTES:
@@ -58,16 +59,36 @@ def encode(event: Event) -> tuple[str, int, bytes]:
 
 
 def decode(type_name: str, schema: int, data: bytes) -> Event:
+    """The event stored as ``(type_name, schema, data)``, upcast to its class's current
+    schema. A type this version does not know becomes an :class:`UnknownEvent`; fields
+    the class no longer has are dropped."""
     payload = msgpack.unpackb(data, raw=False, strict_map_key=False,
                               max_bin_len=MAX_PAYLOAD_BYTES, max_str_len=MAX_PAYLOAD_BYTES)
     cls = EVENT_TYPES.get(type_name)
     if cls is None:
-        return UnknownEvent(name=type_name, payload=payload)
-    while schema < cls.schema:
-        payload = _UPCASTERS[(type_name, schema)](payload)
-        schema += 1
+        return _unknown(type_name, payload)
+    payload = _upcast(type_name, schema, cls.schema, payload)
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in payload.items() if k in names})
+
+
+def _unknown(type_name: str, payload: dict) -> "UnknownEvent":
+    """Keep an event of a type this version does not know, with when it happened."""
+    at = payload.get("at")
+    if isinstance(at, (int, float)):
+        return UnknownEvent(name=type_name, payload=payload, at=at)
+    return UnknownEvent(name=type_name, payload=payload)
+
+
+def _upcast(type_name: str, schema: int, target: int, payload: dict) -> dict:
+    """Lift ``payload`` one schema at a time up to ``target``."""
+    while schema < target:
+        step = _UPCASTERS.get((type_name, schema))
+        if step is None:
+            raise LookupError(f"no upcaster registered for {type_name} from schema {schema} to {schema + 1}")
+        payload = step(payload)
+        schema += 1
+    return payload
 
 
 @dataclass(frozen=True)

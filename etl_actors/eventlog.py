@@ -1,0 +1,291 @@
+"""The event log store: append-only events and the dead letters beside them.
+
+One table of events in global ``position`` order, each with a gapless ``version`` in
+its ``stream``, and one table of dead letters (one row per failed record). SQLite is
+the embedded default, PostgreSQL serves clusters; both through SQLAlchemy Core.
+
+Guarantees:
+
+- ``append`` is atomic and fenced: it writes every event or none, and only when the
+  stream is still at ``expected_version``; of two racing writers exactly one wins and
+  the other gets :class:`~etl_actors.errors.ConcurrencyError`.
+- Appends are serialised (SQLite ``BEGIN IMMEDIATE``; one PostgreSQL advisory lock),
+  so positions become visible in order: a follower reading ``position > N`` never
+  skips a row committed later with a smaller position.
+- ``put_dead_letters`` is idempotent per ``(pipeline, batch_id, stage)``: a retried
+  batch writes no duplicate rows.
+
+>>> log = EventLog("sqlite:///.etl_actors/events.db")          # doctest: +SKIP
+>>> log.append("pipeline:orders", [RunRequested("orders", "r1")], expected_version=0)  # doctest: +SKIP
+1
+"""
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Iterator, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .batch import DeadLetter, jsonable
+from .db import engine_for, is_postgres, redact
+from .errors import ConcurrencyError
+from .events import Event, RecordedEvent, decode, encode
+
+# pg_advisory_xact_lock keys: one for every append, one for creating the tables.
+APPEND_LOCK_KEY = 0x45544C_01
+CREATE_LOCK_KEY = 0x45544C_02
+FOLLOW_PAGE = 1000
+
+metadata = sa.MetaData()
+
+# The unique (stream, version) index is also the index that serves reads by stream.
+events_table = sa.Table(
+    "etl_events", metadata,
+    sa.Column("position", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+              primary_key=True, autoincrement=True),
+    sa.Column("stream", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("schema", sa.Integer, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("stream", "version", name="uq_etl_events_stream_version"),
+    sqlite_autoincrement=True,
+)
+
+dead_letters_table = sa.Table(
+    "etl_dead_letters", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+              primary_key=True, autoincrement=True),
+    sa.Column("pipeline", sa.Text, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("batch_id", sa.Text, nullable=False),
+    sa.Column("stage", sa.Text, nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("record", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("pipeline", "batch_id", "stage", "idx", name="uq_etl_dead_letters_batch"),
+    sa.Index("ix_etl_dead_letters_pipeline_run", "pipeline", "run_id"),
+    sqlite_autoincrement=True,
+)
+
+_READ_COLUMNS = [events_table.c[name] for name in
+                 ("position", "stream", "version", "type", "schema", "payload", "recorded_at")]
+
+_tables_ready: set[str] = set()
+_tables_lock = threading.Lock()
+
+
+class EventLog:
+    """The event log and dead-letter store at ``url``; usable from many threads.
+
+    Construction is cheap after the first time per URL and process (engines and the
+    table check are cached), so workers may build one per call.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        self._engine = engine_for(url)
+        _ensure_tables(url, self._engine)
+
+    def __repr__(self) -> str:
+        return f"EventLog({redact(self.url)!r})"
+
+    def __enter__(self) -> "EventLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- events ---------------------------------------------------------------------
+
+    def append(self, stream: str, events: Sequence[Event], expected_version: int) -> int:
+        """Append ``events`` to ``stream`` in one transaction; return the new version.
+
+        ``expected_version`` is the version the caller last saw (0: a new stream).
+        Raises ConcurrencyError when the stream is elsewhere; nothing is written then.
+        Appending no events only checks the version.
+        """
+        if expected_version < 0:
+            raise ValueError(f"expected_version must be 0 or more, got {expected_version}")
+        rows = [{"stream": stream, "version": expected_version + i, "type": type_name,
+                 "schema": schema, "payload": payload}
+                for i, (type_name, schema, payload) in enumerate(map(encode, events), start=1)]
+        try:
+            with _write_transaction(self._engine, APPEND_LOCK_KEY) as conn:
+                actual = _stream_version(conn, stream)
+                if actual != expected_version:
+                    raise ConcurrencyError(stream, expected_version, actual)
+                if rows:
+                    conn.execute(events_table.insert().values(recorded_at=_utcnow()), rows)
+        except sa.exc.IntegrityError:
+            raise ConcurrencyError(stream, expected_version, self.version(stream)) from None
+        return expected_version + len(rows)
+
+    def version(self, stream: str) -> int:
+        """The stream's current version; 0 for a stream with no events."""
+        with self._engine.connect() as conn:
+            return _stream_version(conn, stream)
+
+    def read(self, stream: str, from_version: int = 1) -> list[RecordedEvent]:
+        """The events of ``stream`` from ``from_version`` on, in version order."""
+        query = (sa.select(*_READ_COLUMNS)
+                 .where(events_table.c.stream == stream, events_table.c.version >= from_version)
+                 .order_by(events_table.c.version))
+        return self._fetch(query)
+
+    def read_all(self, from_position: int = 0, limit: int | None = None,
+                 stream_prefix: str | None = None) -> list[RecordedEvent]:
+        """Events with ``position > from_position`` in global order, at most ``limit``,
+        only of streams starting with ``stream_prefix`` when given."""
+        query = (sa.select(*_READ_COLUMNS)
+                 .where(events_table.c.position > from_position)
+                 .order_by(events_table.c.position).limit(limit))
+        if stream_prefix:
+            query = query.where(events_table.c.stream.startswith(stream_prefix, autoescape=True))
+        return self._fetch(query)
+
+    def follow(self, from_position: int = 0, poll_interval: float = 0.2,
+               stop: threading.Event | None = None, stream_prefix: str | None = None,
+               ) -> Iterator[RecordedEvent]:
+        """Yield events after ``from_position`` as they are appended, polling every
+        ``poll_interval`` seconds when caught up; return once ``stop`` is set."""
+        stop = stop or threading.Event()
+        position = from_position
+        while not stop.is_set():
+            page = self.read_all(position, limit=FOLLOW_PAGE, stream_prefix=stream_prefix)
+            for recorded in page:
+                yield recorded
+                position = recorded.position
+            if len(page) < FOLLOW_PAGE:
+                stop.wait(poll_interval)
+
+    def streams(self, prefix: str = "") -> list[str]:
+        """The names of the streams starting with ``prefix``, sorted."""
+        query = sa.select(events_table.c.stream).distinct().order_by(events_table.c.stream)
+        if prefix:
+            query = query.where(events_table.c.stream.startswith(prefix, autoescape=True))
+        with self._engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    # --- dead letters ---------------------------------------------------------------
+
+    def put_dead_letters(self, pipeline: str, run_id: str, batch_id: str, stage: str,
+                         letters: Sequence[DeadLetter]) -> int:
+        """Store one row per letter; return how many rows were new.
+
+        A letter is identified by ``(pipeline, batch_id, stage, its index in letters)``,
+        so putting a retried batch's letters again writes nothing.
+        """
+        if not letters:
+            return 0
+        recorded_at = _utcnow()
+        rows = [{"pipeline": pipeline, "run_id": run_id, "batch_id": batch_id, "stage": stage,
+                 "idx": idx, "reason": letter.reason, "record": json.dumps(jsonable(letter.record)),
+                 "recorded_at": recorded_at}
+                for idx, letter in enumerate(letters)]
+        insert = (postgresql.insert if is_postgres(self._engine) else sqlite.insert)(dead_letters_table)
+        query = insert.on_conflict_do_nothing().returning(dead_letters_table.c.id)
+        with self._engine.begin() as conn:
+            return len(conn.execute(query, rows).all())
+
+    def dead_letters(self, pipeline: str, run_id: str | None = None,
+                     limit: int | None = None) -> list[dict]:
+        """The pipeline's dead letters (of one run when given) in insertion order, as
+        ``{id, pipeline, runId, batchId, stage, reason, record, recordedAt}``."""
+        t = dead_letters_table
+        query = (sa.select(t.c.id, t.c.pipeline, t.c.run_id, t.c.batch_id, t.c.stage,
+                           t.c.reason, t.c.record, t.c.recorded_at)
+                 .where(*_dead_letter_filter(pipeline, run_id)).order_by(t.c.id).limit(limit))
+        with self._engine.connect() as conn:
+            return [_dead_letter_view(row) for row in conn.execute(query)]
+
+    def dead_letter_count(self, pipeline: str, run_id: str | None = None) -> int:
+        """How many dead letters the pipeline (or one of its runs) has."""
+        query = sa.select(sa.func.count()).select_from(dead_letters_table).where(
+            *_dead_letter_filter(pipeline, run_id))
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def close(self) -> None:
+        """Release the pooled connections to ``url``; a later call reconnects."""
+        self._engine.dispose()
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _fetch(self, query) -> list[RecordedEvent]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [RecordedEvent(row.position, row.stream, row.version,
+                              decode(row.type, row.schema, row.payload), _epoch(row.recorded_at))
+                for row in rows]
+
+
+@contextmanager
+def _write_transaction(engine: sa.Engine, lock_key: int) -> Iterator[sa.Connection]:
+    """A transaction that holds the log's write lock from its first statement:
+    ``BEGIN IMMEDIATE`` on SQLite, ``pg_advisory_xact_lock(lock_key)`` on PostgreSQL."""
+    with engine.connect() as conn:
+        if is_postgres(engine):
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def _ensure_tables(url: str, engine: sa.Engine) -> None:
+    """Create the tables once per URL and process; safe against other processes."""
+    if url in _tables_ready:
+        return
+    with _tables_lock:
+        if url not in _tables_ready:
+            create_tables(engine)
+            _tables_ready.add(url)
+
+
+def create_tables(engine: sa.Engine) -> None:
+    """Create the log's tables if missing, under the write lock so two processes
+    doing it at once do not collide."""
+    with _write_transaction(engine, CREATE_LOCK_KEY) as conn:
+        metadata.create_all(conn, checkfirst=True)
+
+
+def _stream_version(conn: sa.Connection, stream: str) -> int:
+    query = sa.select(sa.func.max(events_table.c.version)).where(events_table.c.stream == stream)
+    return conn.execute(query).scalar() or 0
+
+
+def _dead_letter_filter(pipeline: str, run_id: str | None) -> list:
+    conditions = [dead_letters_table.c.pipeline == pipeline]
+    if run_id is not None:
+        conditions.append(dead_letters_table.c.run_id == run_id)
+    return conditions
+
+
+def _dead_letter_view(row) -> dict:
+    return {"id": row.id, "pipeline": row.pipeline, "runId": row.run_id, "batchId": row.batch_id,
+            "stage": row.stage, "reason": row.reason, "record": json.loads(row.record),
+            "recordedAt": _as_utc(row.recorded_at).isoformat()}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _as_utc(value: datetime) -> datetime:
+    """SQLite hands timestamps back naive; they were stored as UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _epoch(value: datetime) -> float:
+    return _as_utc(value).timestamp()
