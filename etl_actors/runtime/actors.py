@@ -13,6 +13,7 @@ the supervisor records ``ChildRestarted``, creates it again and retries the batc
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import ray
@@ -161,13 +162,26 @@ class SupervisorActor:
         self.supervisor.stop()
 
 
-def start_supervisor(spec: PipelineSpec, log_url: str):
-    """Create the pipeline's supervisor; refuses when one is already running."""
+def start_supervisor(spec: PipelineSpec, log_url: str, wait_s: float = 30.0):
+    """Create the pipeline's supervisor; refuses when a live one is already running.
+
+    A supervisor whose driver just died may still hold the name for a moment: it is
+    waited for (up to ``wait_s``), not mistaken for a running pipeline.
+    """
     name = supervisor_name(spec.name)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return SupervisorActor.options(name=name, namespace=NAMESPACE, max_restarts=3).remote(spec, log_url)
+        except ValueError:
+            if _answers(name) or time.monotonic() > deadline:
+                raise RuntimeError(f"pipeline {spec.name!r} is already running (actor {name!r})") from None
+            time.sleep(0.5)
+
+
+def _answers(name: str) -> bool:
     try:
-        existing = ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
-        existing = None
-    if existing is not None:
-        raise RuntimeError(f"pipeline {spec.name!r} is already running (actor {name!r})")
-    return SupervisorActor.options(name=name, namespace=NAMESPACE, max_restarts=3).remote(spec, log_url)
+        ray.get(ray.get_actor(name, namespace=NAMESPACE).status.remote(), timeout=5)
+        return True
+    except Exception:  # noqa: BLE001 - gone, dying or unreachable: not a live supervisor
+        return False

@@ -74,7 +74,7 @@ def test_lost_child_is_restarted_and_no_row_is_lost_or_doubled(log_url, kind):
     assert result["status"] == "success"
     assert sorted(r["id"] for r in spec.destination.rows) == [r["id"] for r in ROWS_A + ROWS_B]
     restarted = [r.event for r in EventLog(log_url).read(spec.stream) if isinstance(r.event, ev.ChildRestarted)]
-    assert [e.child for e in restarted] == [f"{kind}#0"]
+    assert [e.child.split("#")[0] for e in restarted] == [kind]
 
 
 def test_commits_only_the_prefix_of_loaded_batches():
