@@ -123,14 +123,13 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_events(args) -> int:
-    from .events import encode
+    import dataclasses
+
     from .eventlog import EventLog
     from .pipeline import resolve_log_url
 
-    import msgpack
-
     for rec in EventLog(resolve_log_url(args.log)).read(f"pipeline:{args.pipeline}", args.from_version):
-        data = msgpack.unpackb(encode(rec.event)[2], raw=False, strict_map_key=False)
+        data = dataclasses.asdict(rec.event)
         _print_json({"position": rec.position, "stream": rec.stream, "version": rec.version, "type": rec.type,
                      "recordedAt": _iso(rec.recorded_at), "data": data})
     return EXIT_OK
@@ -177,7 +176,7 @@ class _ProgressBar:
         from .projections import progress
 
         state = progress.Progress()
-        start = self.log.last_position() if hasattr(self.log, "last_position") else 0
+        start = self.log.last_position()
         try:
             for rec in self.log.follow(start, poll_interval=0.25, stop=self.stop, stream_prefix=self.stream):
                 state = progress.evolve(state, rec)

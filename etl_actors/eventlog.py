@@ -165,6 +165,11 @@ class EventLog:
             if len(page) < FOLLOW_PAGE:
                 stop.wait(poll_interval)
 
+    def last_position(self) -> int:
+        """The global position of the newest event; 0 for an empty log."""
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(events_table.c.position))).scalar() or 0)
+
     def streams(self, prefix: str = "") -> list[str]:
         """The names of the streams starting with ``prefix``, sorted."""
         query = sa.select(events_table.c.stream).distinct().order_by(events_table.c.stream)
