@@ -22,6 +22,7 @@ class LocalChildren:
         self.transformers: list[Transformer] = []
         self.loader: Loader | None = None
         self._lose: set[str] = set()
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
 
     def cpus(self) -> int:
         return os.cpu_count() or 1
@@ -29,6 +30,12 @@ class LocalChildren:
     def lose(self, kind: str) -> None:
         """Make the next call to a ``kind`` child fail as if its process died (tests)."""
         self._lose.add(kind)
+
+    async def _serial(self, kind: str, index: int, fn, *args):
+        """Call ``fn`` on a worker thread, one call per child at a time (as an actor)."""
+        lock = self._locks.setdefault((kind, index), asyncio.Lock())
+        async with lock:
+            return await asyncio.to_thread(fn, *args)
 
     def _check(self, kind: str, index: int) -> None:
         if kind in self._lose:
@@ -43,25 +50,25 @@ class LocalChildren:
         self.loader = Loader(name, self.spec.destination, self.log_url)
 
     async def open(self, index: int, partition: str, position: Any) -> None:
-        await asyncio.to_thread(self.extractors[index].open, partition, position)
+        await self._serial("extractor", index, self.extractors[index].open, partition, position)
 
     async def next_batch(self, index: int, run_id: str):
         self._check("extractor", index)
-        return await asyncio.to_thread(self.extractors[index].next_batch, run_id)
+        return await self._serial("extractor", index, self.extractors[index].next_batch, run_id)
 
     async def transform(self, index: int, ref, batch_id: str, run_id: str):
         self._check("transformer", index)
-        return await asyncio.to_thread(self.transformers[index].apply, ref, batch_id, run_id)
+        return await self._serial("transformer", index, self.transformers[index].apply, ref, batch_id, run_id)
 
     async def finish_transform(self, refs: list, batch_id: str, run_id: str):
-        return await asyncio.to_thread(self.transformers[0].finish, refs, batch_id, run_id)
+        return await self._serial("transformer", 0, self.transformers[0].finish, refs, batch_id, run_id)
 
     async def load(self, ref, batch_id: str, run_id: str) -> dict:
         self._check("loader", 0)
-        return await asyncio.to_thread(self.loader.load, ref, batch_id, run_id)
+        return await self._serial("loader", 0, self.loader.load, ref, batch_id, run_id)
 
     async def finish_load(self) -> None:
-        await asyncio.to_thread(self.loader.finish)
+        await self._serial("loader", 0, self.loader.finish)
 
     async def restart(self, kind: str, index: int) -> None:
         name = self.spec.name
@@ -75,4 +82,4 @@ class LocalChildren:
 
     async def stop(self) -> None:
         if self.loader is not None:
-            await asyncio.to_thread(self.loader.close)
+            await self._serial("loader", 0, self.loader.close)
