@@ -1,0 +1,130 @@
+"""Files as a sink: one Parquet, CSV or NDJSON file per batch, in a folder or an
+object store (``s3://bucket/prefix``).
+
+Guarantee: no duplicates for replays of the same batch id. Each batch goes to a file
+named after its id (``part-<sha1(batch_id)[:20]>.parquet``), written to a temporary
+name in the same folder and then renamed over the final name, so a replayed batch
+replaces its own file. A crash leaves at most a temporary ``.part-*.tmp`` file, which
+the next :meth:`FileSink.open` removes (readers, including the file source, ignore
+names starting with '.').
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ..batch import LoadResult, jsonable
+from ..errors import SpecError, TerminalError, TransientError
+from ..sources.file import filesystem
+from .base import Sink, SinkWriter
+
+FORMATS = ("parquet", "csv", "ndjson")
+COMPRESSIONS = ("snappy", "gzip", "zstd", "brotli", "lz4", "none")
+_EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "ndjson": ".ndjson"}
+
+
+def file_name(batch_id: str, format: str) -> str:
+    """The file a batch is written to: the same id, the same name."""
+    return f"part-{hashlib.sha1(batch_id.encode()).hexdigest()[:20]}{_EXTENSIONS[format]}"
+
+
+@dataclass(frozen=True)
+class FileSink(Sink):
+    """Batches as files under ``path`` (a local folder or an object store URI)."""
+
+    type: ClassVar[str] = "file"
+
+    path: str
+    format: str = "parquet"
+    compression: str = "snappy"
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise SpecError("format", f"{self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.compression not in COMPRESSIONS:
+            raise SpecError("compression", f"{self.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+
+    @classmethod
+    def from_spec(cls, section, ctx) -> "FileSink":
+        kind = section.get("type", "file", types=str)
+        if section.has("bucket"):
+            bucket = section.get("bucket", types=str)
+            prefix = section.get("prefix", "", types=str).strip("/")
+            root = bucket if "://" in bucket else (f"s3://{bucket}" if kind == "s3" else ctx.resolve_path(bucket))
+            path = f"{root}/{prefix}" if prefix else root
+        else:
+            path = ctx.resolve_path(section.get("path", types=str))
+        fmt = section.get("format", "parquet", types=str, choices=FORMATS + ("json", "jsonl"))
+        sink = cls(path=path, format="ndjson" if fmt in ("json", "jsonl") else fmt,
+                   compression=section.get("compression", "snappy", types=str, choices=COMPRESSIONS))
+        section.done()
+        return sink
+
+    def open(self, pipeline: str) -> "FileWriter":
+        return FileWriter(self)
+
+    def describe(self) -> dict:
+        return {"type": self.type, "path": self.path, "format": self.format, "compression": self.compression}
+
+
+class FileWriter(SinkWriter):
+    """An open :class:`FileSink`: the folder exists and stale temporary files are gone."""
+
+    def __init__(self, sink: FileSink):
+        self.sink = sink
+        self.fs, self.root, _ = filesystem(sink.path)
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            self._remove_temporaries()
+        except OSError as exc:
+            raise TransientError(f"cannot open {sink.path!r}: {exc}") from None
+
+    def write(self, table: pa.Table, batch_id: str) -> LoadResult:
+        """Write the batch to its own file (replacing it if the batch is replayed)."""
+        final = f"{self.root}/{file_name(batch_id, self.sink.format)}"
+        temp = f"{self.root}/.part-{uuid.uuid4().hex}.tmp"
+        try:
+            with self.fs.open_output_stream(temp) as stream:
+                self._encode(table, stream)
+            self.fs.move(temp, final)
+        except OSError as exc:
+            self._discard(temp)
+            raise TransientError(f"cannot write batch {batch_id!r} to {self.sink.path!r}: {exc}",
+                                 batch_id=batch_id) from None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+            self._discard(temp)
+            raise TerminalError(f"cannot write batch {batch_id!r} as {self.sink.format}: {exc}",
+                                batch_id=batch_id) from None
+        return LoadResult(loaded=table.num_rows)
+
+    def _encode(self, table: pa.Table, stream) -> None:
+        if self.sink.format == "parquet":
+            compression = None if self.sink.compression == "none" else self.sink.compression
+            pq.write_table(table, stream, compression=compression)
+        elif self.sink.format == "csv":
+            pcsv.write_csv(table, stream)
+        else:
+            buffer = io.StringIO()
+            for row in table.to_pylist():
+                buffer.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
+            stream.write(buffer.getvalue().encode())
+
+    def _remove_temporaries(self) -> None:
+        for entry in self.fs.get_file_info(pafs.FileSelector(self.root)):
+            if entry.base_name.startswith(".part-") and entry.base_name.endswith(".tmp"):
+                self._discard(entry.path)
+
+    def _discard(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except OSError:
+            pass

@@ -1,0 +1,56 @@
+"""The sink contract kit: a new sink inherits the contract by subclassing.
+
+    class TestMySinkContract(SinkContract):
+        @pytest.fixture
+        def sink(self, tmp_path): ...       # a Sink that starts empty
+        def rows(self, sink): ...           # the rows it holds, as dicts
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+def people(ids, name="p") -> pa.Table:
+    ids = list(ids)
+    return pa.table({"id": pa.array(ids, pa.int64()), "name": [f"{name}{i}" for i in ids],
+                     "score": pa.array([i * 1.5 for i in ids], pa.float64())})
+
+
+def load(sink, *batches, pipeline="p1"):
+    """Write ``(table, batch_id)`` pairs through one writer; return the results."""
+    writer = sink.open(pipeline)
+    try:
+        results = [writer.write(table, batch_id) for table, batch_id in batches]
+        writer.finish()
+    finally:
+        writer.close()
+    return results
+
+
+class SinkContract:
+    """Subclasses provide a ``sink`` fixture and ``rows(sink) -> list[dict]``."""
+
+    def rows(self, sink) -> list[dict]:
+        raise NotImplementedError
+
+    def ids(self, sink) -> list[int]:
+        return sorted(row["id"] for row in self.rows(sink))
+
+    def test_writes_every_row_of_every_batch(self, sink):
+        results = load(sink, (people(range(0, 50)), "b1"), (people(range(50, 80)), "b2"))
+        assert [r.loaded for r in results] == [50, 30]
+        assert self.ids(sink) == list(range(80))
+
+    def test_idempotent_write_of_a_replayed_batch(self, sink):
+        load(sink, (people(range(10)), "b1"), (people(range(10)), "b1"))
+        load(sink, (people(range(10)), "b1"))
+        assert self.ids(sink) == list(range(10))
+
+    def test_values_arrive_intact(self, sink):
+        load(sink, (people([7]), "b1"))
+        row = self.rows(sink)[0]
+        assert (row["id"], row["name"], row["score"]) == (7, "p7", 10.5)
+
+    def test_empty_batch_writes_nothing(self, sink):
+        load(sink, (people([]), "b0"), (people([1]), "b1"))
+        assert self.ids(sink) == [1]
