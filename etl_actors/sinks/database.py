@@ -139,6 +139,7 @@ class DatabaseWriter(SinkWriter):
         self.postgres = is_postgres(self.engine)
         self.ledger = ledger_table(sa.MetaData(schema=sink.schema))
         self.name = sink.table + STAGING_SUFFIX if sink.mode == "replace" else sink.table
+        self.upserting = sink.mode == "upsert" or (sink.mode == "replace" and bool(sink.key_fields))
         self.key = {"pipeline": pipeline, "target": f"{sink.schema}.{sink.table}" if sink.schema else sink.table}
         self.target: sa.Table | None = None
         self.staged: dict[str, int] = {}
@@ -200,7 +201,7 @@ class DatabaseWriter(SinkWriter):
         return result
 
     def _bulk(self, conn, target: sa.Table, rows: pa.Table) -> LoadResult:
-        if self.sink.key_fields:
+        if self.upserting:
             self._upsert(conn, target, rows)
         elif self.postgres and _copyable(rows):
             self._copy(conn, self._quoted(target.name), rows)
@@ -255,7 +256,7 @@ class DatabaseWriter(SinkWriter):
         self.copies += 1
 
     def _row_statement(self, target: sa.Table):
-        if not self.sink.key_fields:
+        if not self.upserting:
             return target.insert()
         statement = (postgresql if self.postgres else sqlite).insert(target)
         keys = list(self.sink.key_fields)
@@ -280,7 +281,7 @@ class DatabaseWriter(SinkWriter):
     def _reflect_or_create(self, conn, schema: pa.Schema) -> sa.Table:
         if sa.inspect(conn).has_table(self.name, schema=self.sink.schema):
             target = sa.Table(self.name, sa.MetaData(schema=self.sink.schema), autoload_with=conn)
-            if self.sink.key_fields:
+            if self.upserting:
                 self._ensure_unique(conn)
             return target
         if not (self.sink.create_table or self.sink.mode == "replace"):

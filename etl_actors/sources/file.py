@@ -33,7 +33,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from ..batch import DeadLetter, SourceBatch, jsonable
-from ..errors import SpecError, TerminalError
+from ..errors import SpecError, TerminalError, TransientError
 from .base import Source
 
 FORMATS = ("csv", "json", "parquet")
@@ -130,16 +130,12 @@ class FileSource(Source):
         if fmt is None:
             raise SpecError(section.at("format"), f"is required: cannot tell the format from {path!r}; "
                                                   f"expected one of {', '.join(FORMATS)}")
-        columns = section.get("columns", {}, types=dict)
-        for name, type_name in columns.items():
-            if type_name not in COLUMN_TYPES:
-                raise SpecError(f"{section.at('columns')}.{name}",
-                                f"{type_name!r} is not one of {', '.join(COLUMN_TYPES)}")
+        tab = (pattern or path).lower().endswith(".tsv")
         source = cls(path=path, format="json" if fmt in ("ndjson", "jsonl") else fmt, pattern=pattern,
                      batch_size=section.positive_int("batch_size", 100_000),
-                     delimiter=section.get("delimiter", ",", types=str,
+                     delimiter=section.get("delimiter", "\t" if tab else ",", types=str,
                                            check=lambda v: None if len(v) == 1 else f"expected one character, got {v!r}"),
-                     columns=tuple((str(k), v) for k, v in columns.items()))
+                     columns=_columns(section))
         section.done()
         return source
 
@@ -192,9 +188,11 @@ class FileSource(Source):
         try:
             chunks = self._chunks(fs, path, partition, start)
             yield from _with_positions(chunks, partition, start)
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, FileNotFoundError) as exc:
             raise TerminalError(f"cannot read {partition!r} as {self.format}: {_first_line(exc)}",
                                 partition=partition) from None
+        except OSError as exc:
+            raise TransientError(f"cannot read {partition!r}: {_first_line(exc)}", partition=partition) from None
 
     def _chunks(self, fs, path: str, partition: str, start: int) -> Iterator[tuple[pa.Table, int, tuple]]:
         """(table, rows consumed, rejects) per batch, starting after ``start`` rows."""
@@ -205,6 +203,14 @@ class FileSource(Source):
         if self.format == "json":
             return _json_chunks(fs, path, start, self.batch_size)
         return _CsvReader(self, fs, path, partition).chunks(start)
+
+
+def _columns(section) -> tuple[tuple[str, str], ...]:
+    columns = section.get("columns", {}, types=dict)
+    for name, type_name in columns.items():
+        if type_name not in COLUMN_TYPES:
+            raise SpecError(f"{section.at('columns')}.{name}", f"{type_name!r} is not one of {', '.join(COLUMN_TYPES)}")
+    return tuple((str(k), v) for k, v in columns.items())
 
 
 def _location(section, ctx, kind: str) -> tuple[str, str | None]:

@@ -177,3 +177,11 @@ def test_replace_with_key_fields_twice_keeps_the_primary_key(db_url):
 def test_missing_table_without_create_table_fails_with_its_name(db_url):
     with pytest.raises(TerminalError, match="table 'people' does not exist and createTable is false"):
         load(DatabaseSink(url=db_url, table="people", create_table=False), (people([1]), "b1"))
+
+
+def test_insert_mode_with_key_fields_appends_and_refuses_a_repeated_key(db_url):
+    sink = DatabaseSink(url=db_url, table="people", key_fields=("id",), error_handling="continue")
+    load(sink, (people([1, 2]), "b1"))
+    [result] = load(sink, (people([2, 3], name="new"), "b2"))
+    assert (result.loaded, result.failed) == (1, 1)
+    assert [(r["id"], r["name"]) for r in select(db_url)] == [(1, "p1"), (2, "p2"), (3, "new3")]

@@ -140,3 +140,10 @@ def test_view_watermark_shows_the_cursor_in_iso_form(db_url):
     fill(db_url, range(3), at=lambda i: datetime(2026, 6, 1, 1, 8, 17 + i))
     source = DatabaseSource(url=db_url, table="customers", incremental=True)
     assert source.view_watermark({"query": read_all(source)[-1].position}) == "2026-06-01T01:08:19"
+
+
+def test_literal_watermark_parameter_in_the_query(db_url):
+    fill(db_url, range(10))
+    source = DatabaseSource(url=db_url, query="SELECT id, updated_at FROM customers WHERE id > :watermark",
+                            incremental=True, cursor_field="id", initial_watermark=7)
+    assert ids(read_all(source)) == [8, 9]

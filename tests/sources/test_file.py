@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl_actors.errors import SpecError
+from etl_actors.errors import SpecError, TerminalError
 from etl_actors.sources.file import FileSource
 from etl_actors.spec import Section, SpecContext
 
@@ -148,3 +148,14 @@ def test_spec_errors_name_the_key(tmp_path):
 def test_estimate_bytes_is_the_file_size(tmp_path):
     path = write_csv(tmp_path / "a.csv", 10)
     assert FileSource(path=path).estimate_bytes(path) == (tmp_path / "a.csv").stat().st_size
+
+
+def test_s3_batch_shape_builds_an_object_store_uri(tmp_path):
+    source = build({"type": "s3", "bucket": "landing", "prefix": "orders/2024/", "pattern": "*.parquet"}, tmp_path)
+    assert (source.path, source.pattern, source.format) == ("s3://landing/orders/2024", "*.parquet", "parquet")
+    assert "s3://" in source.describe()["path"]
+
+
+def test_a_missing_folder_fails_with_its_name(tmp_path):
+    with pytest.raises(TerminalError, match="no such file or folder"):
+        FileSource(path=str(tmp_path / "nowhere")).partitions({})
