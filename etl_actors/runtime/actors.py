@@ -50,6 +50,7 @@ class RayChildren:
     def __init__(self, spec: PipelineSpec, log_url: str):
         self.spec, self.log_url = spec, log_url
         self.handles: dict[tuple[str, int], Any] = {}
+        self.generations: dict[tuple[str, int], int] = {}
 
     def cpus(self) -> int:
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -121,7 +122,12 @@ class RayChildren:
     async def finish_load(self) -> None:
         await self._await("loader", 0, self.handles[("loader", 0)].finish.remote())
 
+    def generation(self, kind: str, index: int) -> int:
+        """How many times the child was replaced; calls made before a restart fail."""
+        return self.generations.get((kind, index), 0)
+
     async def restart(self, kind: str, index: int) -> None:
+        self.generations[(kind, index)] = self.generation(kind, index) + 1
         old = self.handles.pop((kind, index), None)
         if old is not None:
             ray.kill(old, no_restart=True)

@@ -23,6 +23,7 @@ class LocalChildren:
         self.loader: Loader | None = None
         self._lose: set[str] = set()
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self.generations: dict[tuple[str, int], int] = {}
 
     def cpus(self) -> int:
         return os.cpu_count() or 1
@@ -70,8 +71,13 @@ class LocalChildren:
     async def finish_load(self) -> None:
         await self._serial("loader", 0, self.loader.finish)
 
+    def generation(self, kind: str, index: int) -> int:
+        """How many times the child was replaced; calls made before a restart fail."""
+        return self.generations.get((kind, index), 0)
+
     async def restart(self, kind: str, index: int) -> None:
         name = self.spec.name
+        self.generations[(kind, index)] = self.generation(kind, index) + 1
         if kind == "extractor":
             self.extractors[index] = Extractor(name, self.spec.source, self.log_url, index)
         elif kind == "transformer":

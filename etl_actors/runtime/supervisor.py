@@ -49,6 +49,7 @@ class Children(Protocol):
     async def load(self, ref: Any, batch_id: str, run_id: str) -> dict: ...
     async def finish_load(self) -> None: ...
     async def restart(self, kind: str, index: int) -> None: ...
+    def generation(self, kind: str, index: int) -> int: ...
     async def stop(self) -> None: ...
 
 
@@ -165,6 +166,7 @@ class _Run:
         self.last_loaded: dict[str, Any] = {}
         self.partials: list = []
         self.restarts: dict[str, int] = {}
+        self.restart_locks: dict[str, asyncio.Lock] = {}
         self.transformer_load: list[int] = []
         self.slots: asyncio.Semaphore | None = None
         self.tasks: set[asyncio.Task] = set()
@@ -272,10 +274,11 @@ class _Run:
 
     async def _next(self, index: int, partition: str, position: Any):
         """The next batch; a lost extractor is restarted at the last extracted position."""
+        generation = self.children.generation("extractor", index)
         try:
             return await self.children.next_batch(index, self.run_id)
         except ChildLost as lost:
-            await self._restarted("extractor", index, lost)
+            await self._restarted("extractor", index, lost, generation)
             await self.children.open(index, partition, position)
             return await self._next(index, partition, position)
 
@@ -353,13 +356,20 @@ class _Run:
     async def _call(self, kind: str, index: int, call):
         """Make a child call; when the child is lost, restart it and call again."""
         while True:
+            generation = self.children.generation(kind, index)
             try:
                 return await call()
             except ChildLost as lost:
-                await self._restarted(kind, index, lost)
+                await self._restarted(kind, index, lost, generation)
 
-    async def _restarted(self, kind: str, index: int, lost: ChildLost) -> None:
+    async def _restarted(self, kind: str, index: int, lost: ChildLost, generation: int) -> None:
+        """Replace a lost child once, however many calls in flight saw it die."""
         key = f"{kind}#{index}"
+        async with self.restart_locks.setdefault(key, asyncio.Lock()):
+            if self.children.generation(kind, index) == generation:
+                await self._restart(kind, index, key, lost)
+
+    async def _restart(self, kind: str, index: int, key: str, lost: ChildLost) -> None:
         self.restarts[key] = attempt = self.restarts.get(key, 0) + 1
         if attempt > self.spec.runtime.max_child_restarts:
             raise EtlError(f"{key} was lost {attempt} times; giving up: {lost.reason}")

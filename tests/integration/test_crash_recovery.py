@@ -1,0 +1,85 @@
+"""Kill the loader, the extractor or the whole driver mid-run, rerun, and compare the
+destination with the source: none missing, none twice, watermarks never backwards."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import ray
+import yaml
+
+from etl_actors import Pipeline
+from etl_actors import events as ev
+from etl_actors.eventlog import EventLog
+
+from . import crm
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ROWS = 6000
+
+
+def committed_cursors(log_url: str, stream: str) -> list:
+    return [r.event.position for r in EventLog(log_url).read(stream)
+            if isinstance(r.event, ev.WatermarkCommitted)]
+
+
+def kill_when_running(actor_name: str, after_commits: int, log_url: str, stream: str) -> threading.Thread:
+    def killer():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if len(committed_cursors(log_url, stream)) >= after_commits:
+                    ray.kill(ray.get_actor(actor_name, namespace="etl_actors"))
+                    return
+            except ValueError:
+                pass
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("child", ["loader", "extractor:0"])
+@pytest.mark.parametrize("mode", ["upsert", "insert"])
+def test_a_killed_child_is_replaced_and_the_destination_equals_the_source(ray_local, tmp_path, uniq, child, mode):
+    src, dst, log = (f"sqlite:///{tmp_path}/{n}.db" for n in ("crm", "wh", "events"))
+    crm.create(src, ROWS)
+    name = f"kill-{uniq}"
+    pipeline = Pipeline.from_dict(crm.spec(name, src, dst, mode=mode, batch_size=200, maxInFlight=2))
+    killer = kill_when_running(f"etl:{name}:{child}", 3, log, f"pipeline:{name}")
+    result = pipeline.run(log=log)
+    killer.join()
+    assert result["status"] == "success"
+    assert crm.dest_rows(dst) == crm.source_rows(src)       # none missing, none twice
+    restarted = [r.event.child for r in EventLog(log).read(f"pipeline:{name}")
+                 if isinstance(r.event, ev.ChildRestarted)]
+    assert restarted == [child.replace(":", "#") if ":" in child else "loader#0"]
+    cursors = committed_cursors(log, f"pipeline:{name}")
+    assert cursors == sorted(cursors, key=lambda p: p["cursor"])
+
+
+def test_sigkill_of_the_driver_then_a_rerun_loses_nothing_and_doubles_nothing(ray_local, tmp_path, uniq):
+    src, dst, log = (f"sqlite:///{tmp_path}/{n}.db" for n in ("crm", "wh", "events"))
+    crm.create(src, ROWS)
+    name = f"sigkill-{uniq}"
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(crm.spec(name, src, dst, mode="insert", batch_size=100, maxInFlight=2)))
+    env = {**os.environ, "RAY_ADDRESS": ray_local.address_info["address"]}
+    cli = [sys.executable, "-m", "etl_actors", "run", str(spec_path), "--log", log, "--json"]
+    driver = subprocess.Popen(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    while len(committed_cursors(log, f"pipeline:{name}")) < 5 and time.time() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    partial = len(crm.dest_rows(dst))
+    assert 0 < partial < ROWS
+    rerun = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert crm.dest_rows(dst) == crm.source_rows(src)
+    failed = [r.event.error for r in EventLog(log).read(f"pipeline:{name}") if isinstance(r.event, ev.RunFailed)]
+    assert len(failed) == 1 and failed[0].startswith("interrupted")
