@@ -1,0 +1,86 @@
+"""The command line as users and their scripts meet it: exit codes, JSON shapes."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+RUN_KEYS = {"pipeline", "runId", "status", "recordsExtracted", "recordsTransformed", "recordsLoaded",
+            "recordsRejected", "bytesProcessed", "errors", "durationMs", "watermark", "steps"}
+
+
+def cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "etl_actors", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+@pytest.fixture
+def orders_spec(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "orders.csv").write_text(
+        "order_id,amount,status\n1,10,paid\n2,abc,paid\n3,7,cancelled\n4,12,paid\n")
+    spec = {"name": "cli-orders",
+            "pipeline": {
+                "source": {"type": "file", "path": "in", "format": "csv"},
+                "transformations": [
+                    {"id": "cast", "type": "map", "keep": True, "mappings": {"amount": {"source": "amount", "converter": "int"}}},
+                    {"id": "paid", "type": "filter", "condition": "status == 'paid'"}],
+                "destination": {"type": "database", "connection": "sqlite:///wh.db", "table": "orders",
+                                "mode": "upsert", "keyFields": ["order_id"]}}}
+    path = tmp_path / "orders.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_validate_exits_2_with_the_path_and_no_traceback(tmp_path, orders_spec):
+    spec = yaml.safe_load(orders_spec.read_text())
+    spec["pipeline"]["destination"]["mode"] = "upsrt"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec))
+    out = cli("validate", str(bad))
+    assert out.returncode == 2
+    assert "pipeline.destination.mode: 'upsrt' is not one of insert, upsert, replace" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_validate_accepts_a_good_spec(orders_spec):
+    out = cli("validate", str(orders_spec))
+    assert out.returncode == 0 and "valid pipeline 'cli-orders'" in out.stdout
+
+
+def test_an_unknown_command_is_a_usage_error():
+    assert cli("frobnicate").returncode == 2
+
+
+def test_run_json_status_events_and_dlq(tmp_path, orders_spec):
+    log = f"sqlite:///{tmp_path}/events.db"
+    out = cli("run", str(orders_spec), "--local", "--json", "--log", log)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert RUN_KEYS <= set(summary)
+    assert (summary["status"], summary["recordsExtracted"], summary["recordsLoaded"],
+            summary["recordsRejected"]) == ("success", 4, 2, 1)
+    assert [s["id"] for s in summary["steps"]] == ["cast", "paid"]
+
+    status = json.loads(cli("status", "cli-orders", "--log", log, "--json").stdout)
+    assert status["runs"] == 1 and status["lastRun"]["runId"] == summary["runId"]
+
+    events = [json.loads(line) for line in cli("events", "cli-orders", "--log", log).stdout.splitlines()]
+    assert {"position", "stream", "version", "type", "recordedAt", "data"} <= set(events[0])
+    assert events[-1]["type"] == "RunSucceeded"
+
+    letters = [json.loads(line) for line in cli("dlq", "cli-orders", "--log", log).stdout.splitlines()]
+    assert [(d["stage"], d["record"]["order_id"]) for d in letters] == [("transform:cast", 2)]
+    assert "abc" in letters[0]["reason"] and letters[0]["runId"] == summary["runId"]
+
+
+def test_a_failed_run_exits_1_with_the_error_in_the_summary(tmp_path, orders_spec):
+    spec = yaml.safe_load(orders_spec.read_text())
+    spec["pipeline"]["transformations"][1]["condition"] = "no_such_column == 1"
+    path = tmp_path / "fails.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = cli("run", str(path), "--local", "--json", "--log", f"sqlite:///{tmp_path}/events.db")
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 1 and summary["status"] == "failed"
+    assert "paid" in summary["error"] and "no_such_column" in summary["error"]
