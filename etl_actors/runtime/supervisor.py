@@ -370,6 +370,10 @@ class _Run:
                 await self._restart(kind, index, key, lost)
 
     async def _restart(self, kind: str, index: int, key: str, lost: ChildLost) -> None:
+        if kind == "loader" and self.spec.destination.commits_at_finish:
+            raise EtlError(f"the loader was lost during a {self.spec.destination.describe().get('mode', '')} run "
+                           f"whose rows become visible only at its end ({lost.reason}); nothing was committed: "
+                           "run again")
         self.restarts[key] = attempt = self.restarts.get(key, 0) + 1
         if attempt > self.spec.runtime.max_child_restarts:
             raise EtlError(f"{key} was lost {attempt} times; giving up: {lost.reason}")

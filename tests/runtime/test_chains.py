@@ -1,0 +1,105 @@
+"""Whole chains through the runtime: blocking aggregates, optional steps, replace mode."""
+import asyncio
+
+import pyarrow as pa
+import pytest
+
+from etl_actors import Pipeline
+from etl_actors import events as ev
+from etl_actors.eventlog import EventLog
+from etl_actors.runtime.local import LocalChildren
+from etl_actors.runtime.supervisor import PipelineSupervisor
+
+ORDERS = "order_id,country,amount,status\n" + "\n".join(
+    f"{i},{['DE', 'FR', 'US'][i % 3]},{i},{'paid' if i % 4 else 'void'}" for i in range(1, 301)) + "\n"
+
+
+def orders_pipeline(tmp_path, steps, destination=None, name="chain"):
+    (tmp_path / "orders.csv").write_text(ORDERS)
+    destination = destination or {"type": "database", "connection": f"sqlite:///{tmp_path}/wh.db",
+                                  "table": "out", "mode": "insert"}
+    return Pipeline.from_dict({"name": name, "pipeline": {
+        "source": {"type": "file", "path": str(tmp_path / "orders.csv"), "batchSize": 40},
+        "transformations": steps, "destination": destination}})
+
+
+def table(tmp_path, name="out"):
+    import sqlalchemy as sa
+
+    from etl_actors.db import engine_for
+
+    with engine_for(f"sqlite:///{tmp_path}/wh.db").connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(f'SELECT * FROM "{name}" ORDER BY 1'))]
+
+
+AGGREGATE = [{"id": "paid", "type": "filter", "condition": "status == 'paid'"},
+             {"id": "by_country", "type": "aggregate", "groupBy": ["country"],
+              "aggregations": {"amount": ["sum", "count"], "order_id": "max"}}]
+
+
+def expected_totals():
+    rows = [(i, ["DE", "FR", "US"][i % 3]) for i in range(1, 301) if i % 4]
+    return sorted((c, sum(i for i, k in rows if k == c), sum(1 for _, k in rows if k == c),
+                   max(i for i, k in rows if k == c)) for c in ("DE", "FR", "US"))
+
+
+def test_an_aggregate_sees_every_batch_and_loads_once(tmp_path):
+    result = orders_pipeline(tmp_path, AGGREGATE).run(log=f"sqlite:///{tmp_path}/ev.db", runtime="local")
+    assert (result["status"], result["recordsExtracted"], result["recordsLoaded"]) == ("success", 300, 3)
+    assert sorted(table(tmp_path)) == expected_totals()
+    assert [s["id"] for s in result["steps"]] == ["paid", "by_country"]
+
+
+@pytest.mark.ray
+def test_an_aggregate_on_ray_combines_partials_from_every_batch(ray_local, tmp_path):
+    result = orders_pipeline(tmp_path, AGGREGATE, name="agg-ray").run(log=f"sqlite:///{tmp_path}/ev.db")
+    assert result["status"] == "success"
+    assert sorted(table(tmp_path)) == expected_totals()
+
+
+def test_an_optional_failing_step_is_skipped_and_recorded(tmp_path):
+    steps = [{"id": "enrich", "type": "filter", "condition": "missing_column > 1", "required": False}]
+    result = orders_pipeline(tmp_path, steps).run(log=f"sqlite:///{tmp_path}/ev.db", runtime="local")
+    skipped = [r.event for r in EventLog(f"sqlite:///{tmp_path}/ev.db").read("pipeline:chain")
+               if isinstance(r.event, ev.StepSkipped)]
+    batches = len([r for r in EventLog(f"sqlite:///{tmp_path}/ev.db").read("pipeline:chain")
+                   if isinstance(r.event, ev.BatchLoaded)])
+    assert (result["status"], result["recordsLoaded"], result["errors"]) == ("success", 300, batches)
+    assert len(skipped) == batches and "missing_column" in skipped[0].error
+    assert result["steps"] == [{"id": "enrich", "recordsIn": 300, "recordsOut": 300,
+                                "durationMs": result["steps"][0]["durationMs"], "success": False}]
+
+
+def test_a_failing_required_step_fails_the_run_naming_the_step(tmp_path):
+    steps = [{"id": "enrich", "type": "filter", "condition": "missing_column > 1"}]
+    result = orders_pipeline(tmp_path, steps).run(log=f"sqlite:///{tmp_path}/ev.db", runtime="local")
+    assert result["status"] == "failed" and "step 'enrich' failed" in result["error"]
+    assert result["watermark"] == {}
+
+
+def test_replace_mode_swaps_the_table_in_at_the_end(tmp_path):
+    destination = {"type": "database", "connection": f"sqlite:///{tmp_path}/wh.db", "table": "out",
+                   "mode": "replace"}
+    pipeline = orders_pipeline(tmp_path, [], destination)
+    first = pipeline.run(log=f"sqlite:///{tmp_path}/ev.db", runtime="local")
+    assert first["status"] == "success" and len(table(tmp_path)) == 300
+    assert first["watermark"][str(tmp_path / "orders.csv")]["done"] is True
+
+
+def test_a_lost_loader_in_replace_mode_fails_the_run_without_committing(tmp_path):
+    destination = {"type": "database", "connection": f"sqlite:///{tmp_path}/wh.db", "table": "out",
+                   "mode": "replace"}
+    spec = orders_pipeline(tmp_path, [], destination).spec
+
+    class Losing(LocalChildren):
+        loads = 0
+
+        async def load(self, ref, batch_id, run_id):
+            Losing.loads += 1
+            if Losing.loads == 2:
+                self.lose("loader")
+            return await super().load(ref, batch_id, run_id)
+
+    result = asyncio.run(PipelineSupervisor(spec, f"sqlite:///{tmp_path}/ev.db", Losing).run())
+    assert result["status"] == "failed" and "run again" in result["error"]
+    assert result["watermark"] == {}
