@@ -94,6 +94,17 @@ class RayChildren:
                  [("transformer", i) for i in range(transformers)] + [("loader", 0)]
         for kind, index in wanted:
             await self._create(kind, index)
+        await asyncio.gather(*(self._ready(kind, index) for kind, index in wanted))
+
+    async def _ready(self, kind: str, index: int, attempts: int = 3) -> None:
+        """Wait until the child answers; one that dies while starting is created again."""
+        for attempt in range(attempts):
+            try:
+                return await self._await(kind, index, self.handles[(kind, index)].__ray_ready__.remote())
+            except ChildLost:
+                if attempt == attempts - 1:
+                    raise
+                await self.restart(kind, index)
 
     async def open(self, index: int, partition: str, position: Any) -> None:
         handle = self.handles[("extractor", index)]

@@ -173,28 +173,38 @@ class _Run:
         self.failure: BaseException | None = None
 
     async def execute(self) -> None:
+        """Start the children, then the clock: ``RunStarted`` is appended once every
+        child is up, so a run's duration is its work, not its actors' start-up."""
         sup, spec = self.sup, self.spec
         partitions = spec.source.partitions(sup.watermarks)
         sizes = [spec.source.estimate_bytes(p) for p in partitions]
         total = sum(sizes) if partitions and all(s is not None for s in sizes) else None
-        sup.append(ev.RunRequested(pipeline=spec.name, run_id=self.run_id, trigger=self.trigger),
-                   ev.RunStarted(pipeline=spec.name, run_id=self.run_id, epoch=sup.epoch,
-                                 watermark=dict(sup.watermarks), partitions=list(partitions), total_bytes=total))
+        sup.append(ev.RunRequested(pipeline=spec.name, run_id=self.run_id, trigger=self.trigger))
+        started = ev.RunStarted(pipeline=spec.name, run_id=self.run_id, epoch=sup.epoch,
+                                watermark=dict(sup.watermarks), partitions=list(partitions), total_bytes=total)
         try:
+            await self._start_children(len(partitions))
+            sup.append(ev.RunStarted(**{**vars(started), "at": ev.now()}))
             await self._execute(partitions)
         except BaseException as exc:  # noqa: BLE001 - every failure ends the run in the log
+            if self.run_id not in sup.runs.by_id:
+                sup.append(started)
             await self._fail(exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
             await self.children.stop()
 
-    async def _execute(self, partitions: list[str]) -> None:
+    async def _start_children(self, n_partitions: int) -> None:
         runtime = self.spec.runtime
         n_transformers = runtime.parallelism or max(1, self.children.cpus())
-        n_extractors = max(1, min(runtime.extractors, len(partitions)))
+        n_extractors = max(1, min(runtime.extractors, n_partitions))
         await self.children.start(n_extractors, n_transformers)
         self.transformer_load = [0] * n_transformers
+
+    async def _execute(self, partitions: list[str]) -> None:
+        runtime = self.spec.runtime
+        n_extractors = max(1, min(runtime.extractors, len(partitions)))
         self.slots = asyncio.Semaphore(runtime.max_in_flight)
         self.sup.append(ev.PhaseStarted(run_id=self.run_id, phase="extract"))
         queue = deque(partitions)

@@ -39,10 +39,12 @@ def test_killed_loader_is_recreated_and_the_run_completes(ray_local, tmp_path, u
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
-                ray.kill(ray.get_actor(f"etl:{name}:loader", namespace="etl_actors"))
-                return
+                if any(isinstance(r.event, ev.BatchLoaded) for r in EventLog(log_url).read(spec.stream)):
+                    ray.kill(ray.get_actor(f"etl:{name}:loader", namespace="etl_actors"))
+                    return
             except ValueError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
 
     killer = threading.Thread(target=kill_loader_once_running)
     killer.start()
