@@ -83,3 +83,28 @@ def test_sigkill_of_the_driver_then_a_rerun_loses_nothing_and_doubles_nothing(ra
     assert crm.dest_rows(dst) == crm.source_rows(src)
     failed = [r.event.error for r in EventLog(log).read(f"pipeline:{name}") if isinstance(r.event, ev.RunFailed)]
     assert len(failed) == 1 and failed[0].startswith("interrupted")
+
+
+def test_a_killed_supervisor_is_restarted_and_resumes_from_the_log(ray_local, tmp_path, uniq):
+    src, dst, log = (f"sqlite:///{tmp_path}/{n}.db" for n in ("crm", "wh", "events"))
+    crm.create(src, ROWS)
+    name = f"sup-{uniq}"
+    pipeline = Pipeline.from_dict(crm.spec(name, src, dst, mode="insert", batch_size=200, maxInFlight=2))
+    stream = f"pipeline:{name}"
+
+    def kill_supervisor():
+        deadline = time.time() + 60
+        while len(committed_cursors(log, stream)) < 3 and time.time() < deadline:
+            time.sleep(0.02)
+        ray.kill(ray.get_actor(f"etl:{name}", namespace="etl_actors"), no_restart=False)
+
+    killer = threading.Thread(target=kill_supervisor, daemon=True)
+    killer.start()
+    result = pipeline.run(log=log)
+    killer.join()
+    assert result["status"] == "success" and 0 < result["recordsExtracted"] < ROWS
+    assert crm.dest_rows(dst) == crm.source_rows(src)
+    runs = [r.event for r in EventLog(log).read(stream) if isinstance(r.event, (ev.RunFailed, ev.RunSucceeded))]
+    assert [type(e).__name__ for e in runs] == ["RunFailed", "RunSucceeded"]
+    cursors = committed_cursors(log, stream)
+    assert cursors == sorted(cursors, key=lambda p: p["cursor"])
