@@ -83,6 +83,8 @@ def test_sigkill_of_the_driver_then_a_rerun_loses_nothing_and_doubles_nothing(ra
     assert crm.dest_rows(dst) == crm.source_rows(src)
     failed = [r.event.error for r in EventLog(log).read(f"pipeline:{name}") if isinstance(r.event, ev.RunFailed)]
     assert len(failed) == 1 and failed[0].startswith("interrupted")
+    cursors = committed_cursors(log, f"pipeline:{name}")       # across both runs
+    assert cursors == sorted(cursors, key=lambda p: p["cursor"])
 
 
 def test_a_killed_supervisor_is_restarted_and_resumes_from_the_log(ray_local, tmp_path, uniq):
