@@ -18,12 +18,23 @@ import sqlalchemy as sa
 PG_URL = os.environ.get("ETL_TEST_PG_URL", "postgresql://etl:etl@localhost:5432/etl_test")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_local():
+    """One local Ray for the session; its Prometheus endpoint is ``ctx.metrics_port``."""
     import ray
 
-    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False,
+    port = _free_port()
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=port,
                    object_store_memory=512 * 2**20, namespace="etl_actors", log_to_driver=False)
+    ctx.metrics_port = port
     yield ctx
     ray.shutdown()
 

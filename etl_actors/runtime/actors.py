@@ -156,13 +156,66 @@ class RayChildren:
         self.handles.clear()
 
 
+class PipelineMetrics:
+    """Dashboard metrics from the supervisor's events, tagged with ``pipeline``.
+
+    Best effort (Ray exports them every few seconds and drops them on a force kill):
+    for dashboards and alerts, never for billing, which folds the event log.
+    Exported as ``ray_etl_records_total{stage=...}``, ``ray_etl_batches_in_flight`` ...
+    """
+
+    def __init__(self, pipeline: str):
+        from ray.util.metrics import Counter, Gauge
+
+        tags = {"pipeline": pipeline}
+        self.records = Counter("etl_records", "Records through a stage (extracted, loaded, rejected, filtered)",
+                               tag_keys=("pipeline", "stage")).set_default_tags(tags)
+        self.bytes = Counter("etl_bytes_extracted", "Bytes extracted", tag_keys=("pipeline",)).set_default_tags(tags)
+        self.errors = Counter("etl_errors", "Child restarts, skipped steps and failed runs",
+                              tag_keys=("pipeline",)).set_default_tags(tags)
+        self.in_flight = Gauge("etl_batches_in_flight", "Batches extracted and not yet loaded",
+                               tag_keys=("pipeline",)).set_default_tags(tags)
+        self.lag = Gauge("etl_commit_lag_seconds", "Seconds since the last committed position",
+                         tag_keys=("pipeline",)).set_default_tags(tags)
+        self._open = 0
+        self._last_commit = time.time()
+
+    def _count(self, stage: str, value: int) -> None:
+        if value > 0:   # Counter.inc(0) raises
+            self.records.inc(value, tags={"stage": stage})
+
+    def __call__(self, event) -> None:
+        from .. import events as ev
+
+        if isinstance(event, ev.BatchExtracted):
+            self._open += 1
+            self._count("extracted", event.rows + event.rejected)
+            if event.bytes > 0:
+                self.bytes.inc(event.bytes)
+        elif isinstance(event, ev.BatchTransformed):
+            self._count("filtered", event.filtered)
+            self._count("rejected", event.rejected)
+        elif isinstance(event, ev.BatchLoaded):
+            self._open = max(0, self._open - 1)
+            self._count("loaded", event.rows)
+            self._count("rejected", event.failed)
+        elif isinstance(event, ev.WatermarkCommitted):
+            self._last_commit = event.at
+        elif isinstance(event, (ev.ChildRestarted, ev.StepSkipped, ev.RunFailed)):
+            self.errors.inc(1)
+        elif isinstance(event, ev.RunStarted):
+            self._open, self._last_commit = 0, event.at
+        self.in_flight.set(self._open)
+        self.lag.set(max(0.0, time.time() - self._last_commit))
+
+
 @ray.remote(num_cpus=0, concurrency_groups={"control": 1})
 class SupervisorActor:
     """``PipelineSupervisor`` on Ray. May be restarted: ``__init__`` replays the log,
     and a retried ``run`` resumes from the committed watermark."""
 
     def __init__(self, spec: PipelineSpec, log_url: str):
-        self.supervisor = PipelineSupervisor(spec, log_url, RayChildren)
+        self.supervisor = PipelineSupervisor(spec, log_url, RayChildren, listeners=[PipelineMetrics(spec.name)])
 
     def __repr__(self) -> str:
         return repr(self.supervisor)

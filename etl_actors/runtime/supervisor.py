@@ -76,8 +76,9 @@ class PartitionCommits:
 class PipelineSupervisor:
     """Plans and drives the runs of one pipeline; see the module docstring."""
 
-    def __init__(self, spec: PipelineSpec, log_url: str, children_factory):
+    def __init__(self, spec: PipelineSpec, log_url: str, children_factory, listeners=()):
         self.spec = spec
+        self.listeners = list(listeners)   # called with each appended event (metrics)
         self.log = EventLog(log_url)
         self.log_url = log_url
         self._children_factory = children_factory
@@ -106,6 +107,8 @@ class PipelineSupervisor:
         for event in events:
             self.watermarks = watermarks_projection.evolve(self.watermarks, event)
             self.runs = runs_projection.evolve(self.runs, event)
+            for listener in self.listeners:
+                listener(event)
 
     def _take_lease(self) -> None:
         self.recover()

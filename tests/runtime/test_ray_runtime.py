@@ -1,5 +1,6 @@
 """The same protocol on a real local Ray: actors, object refs, killed children."""
 import threading
+import urllib.request
 import time
 
 import pytest
@@ -54,3 +55,17 @@ def test_killed_loader_is_recreated_and_the_run_completes(ray_local, tmp_path, u
     assert sorted(r["id"] for r in spec.destination.rows()) == list(range(40))
     restarted = [r.event for r in EventLog(log_url).read(spec.stream) if isinstance(r.event, ev.ChildRestarted)]
     assert [e.child for e in restarted] == ["loader#0"]
+
+
+def test_records_and_in_flight_batches_are_exported_to_prometheus_per_pipeline(ray_local, tmp_path, uniq):
+    name = f"metrics-{uniq}"
+    run_on_ray(make_spec(name, tmp_path / "out"), f"sqlite:///{tmp_path}/events.db")
+    wanted = {f'pipeline="{name}",stage="loaded"}} 40.0', f'pipeline="{name}",stage="extracted"}} 40.0'}
+    deadline, found = time.time() + 30, set()
+    while time.time() < deadline and found != wanted:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{ray_local.metrics_port}/metrics").read().decode()
+        found = {w for w in wanted for line in text.splitlines()
+                 if line.startswith("ray_etl_records_total") and line.endswith(w)}
+        time.sleep(0.5)
+    assert found == wanted
+    assert f'ray_etl_batches_in_flight{{' in text and f'pipeline="{name}"' in text
