@@ -141,8 +141,10 @@ def run_etl(csv_dir: Path, out: Path, args, attempt: int) -> dict:
 
 def etl_phases(log_url: str, stream: str, started: float, ended: float) -> dict:
     """Where the wall clock of one etl-actors run went, read from its event log:
-    supervisor start (call to lease), children created, first batch out of an
-    extractor (child processes starting), the batch flow, and the teardown."""
+    ``supervisor`` (the call until the lease: the supervisor actor starting),
+    ``children`` (until every stage actor answers: their processes starting),
+    ``firstBatch`` (until an extractor hands over its first batch), ``flow`` (the
+    batches, until RunSucceeded) and ``teardown``."""
     from etl_actors.eventlog import EventLog
 
     marks: dict[str, float] = {}
