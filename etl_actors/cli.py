@@ -82,7 +82,8 @@ def _cmd_run(args) -> int:
     if bar:
         bar.start()
     try:
-        result = pipeline.run(log=log_url, runtime="local" if args.local else "ray")
+        with pipeline:
+            result = pipeline.run(log=log_url, runtime="local" if args.local else "ray")
     finally:
         if bar:
             bar.close()

@@ -54,6 +54,8 @@ class Pipeline:
 
     def __init__(self, spec: PipelineSpec):
         self.spec = spec
+        self._supervisor = None     # kept between runs on Ray, with its warm children
+        self._supervisor_log = None
 
     @classmethod
     def from_file(cls, path: str) -> "Pipeline":
@@ -75,7 +77,28 @@ class Pipeline:
             return run_local(self.spec, log_url, trigger)
         if runtime != "ray":
             raise SpecError("runtime", f"{runtime!r} is not one of ray, local")
-        return run_on_ray(self.spec, log_url, trigger)
+        if self._supervisor is not None and self._supervisor_log != log_url:
+            self.close()
+        if self._supervisor is None:
+            self._supervisor, self._supervisor_log = start_on_ray(self.spec, log_url), log_url
+        try:
+            return run_supervised(self._supervisor, trigger)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """End the supervisor and children this object keeps between runs on Ray. They
+        also end with the driver process."""
+        if self._supervisor is not None:
+            stop_supervisor(self._supervisor)
+            self._supervisor = self._supervisor_log = None
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def status(self, log: str | None = None) -> dict:
         return pipeline_status(self.name, resolve_log_url(log), self.spec)
@@ -98,22 +121,43 @@ def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual") -> dict
 
 
 def run_on_ray(spec: PipelineSpec, log_url: str, trigger: str = "manual") -> dict:
-    import ray
-    from ray.exceptions import RayActorError
+    """One run on Ray with a supervisor of its own, ended afterwards."""
+    supervisor = start_on_ray(spec, log_url)
+    try:
+        return run_supervised(supervisor, trigger)
+    finally:
+        stop_supervisor(supervisor)
 
+
+def start_on_ray(spec: PipelineSpec, log_url: str):
     from .runtime.actors import start_supervisor
 
     ensure_ray()
-    actor = start_supervisor(spec, log_url)
+    return start_supervisor(spec, log_url)
+
+
+def run_supervised(supervisor, trigger: str = "manual") -> dict:
+    """Run through ``supervisor``; when it dies, Ray restarts it (its ``__init__``
+    replays the log) and the run is asked for again, resuming from the watermark."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    for attempt in range(SUPERVISOR_RETRIES + 1):
+        try:
+            return ray.get(supervisor.run.remote(trigger))
+        except RayActorError:
+            if attempt == SUPERVISOR_RETRIES:
+                raise
+
+
+def stop_supervisor(supervisor) -> None:
+    import ray
+
     try:
-        for attempt in range(SUPERVISOR_RETRIES + 1):
-            try:
-                return ray.get(actor.run.remote(trigger))
-            except RayActorError:
-                if attempt == SUPERVISOR_RETRIES:
-                    raise
-    finally:
-        ray.kill(actor, no_restart=True)
+        ray.get(supervisor.shutdown.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - it may be dead already; the kill below settles it
+        pass
+    ray.kill(supervisor, no_restart=True)
 
 
 def pipeline_status(name: str, log_url: str, spec: PipelineSpec | None = None) -> dict:

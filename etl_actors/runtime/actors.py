@@ -30,13 +30,7 @@ def supervisor_name(pipeline: str) -> str:
     return f"etl:{pipeline}"
 
 
-class RayTransformer(Transformer):
-    def finish_refs(self, batch_id: str, run_id: str, *partials):
-        """``finish`` with the partial tables passed as top-level (resolved) arguments."""
-        return self.finish(list(partials), batch_id, run_id)
-
-
-_STAGES = {"extractor": Extractor, "transformer": RayTransformer, "loader": Loader}
+_STAGES = {"extractor": Extractor, "transformer": Transformer, "loader": Loader}
 
 
 def _unwrap(exc: RayTaskError) -> BaseException:
@@ -92,15 +86,20 @@ class RayChildren:
     async def start(self, extractors: int, transformers: int) -> None:
         wanted = [("extractor", i) for i in range(extractors)] + \
                  [("transformer", i) for i in range(transformers)] + [("loader", 0)]
+        warm = [key for key in wanted if key in self.handles]
         for kind, index in wanted:
-            await self._create(kind, index)
-        await asyncio.gather(*(self._ready(kind, index) for kind, index in wanted))
+            if (kind, index) not in self.handles:
+                await self._create(kind, index)
+        await asyncio.gather(*(self._ready(kind, index, (kind, index) in warm) for kind, index in wanted))
 
-    async def _ready(self, kind: str, index: int, attempts: int = 3) -> None:
-        """Wait until the child answers; one that dies while starting is created again."""
+    async def _ready(self, kind: str, index: int, warm: bool, attempts: int = 3) -> None:
+        """Wait until the child answers (a warm one after resetting its state); one that
+        dies while starting is created again."""
         for attempt in range(attempts):
+            handle = self.handles[(kind, index)]
             try:
-                return await self._await(kind, index, self.handles[(kind, index)].__ray_ready__.remote())
+                call = handle.reset.remote() if warm and attempt == 0 else handle.__ray_ready__.remote()
+                return await self._await(kind, index, call)
             except ChildLost:
                 if attempt == attempts - 1:
                     raise
@@ -149,8 +148,11 @@ class RayChildren:
         if loader is not None:
             try:
                 await asyncio.wait_for(loader.close.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - closing is best effort; the actor dies next
+            except Exception:  # noqa: BLE001 - best effort; a dead loader holds nothing open
                 pass
+
+    async def shutdown(self) -> None:
+        await self.stop()
         for handle in self.handles.values():
             ray.kill(handle, no_restart=True)
         self.handles.clear()
@@ -230,6 +232,10 @@ class SupervisorActor:
     @ray.method(concurrency_group="control")
     async def stop(self) -> None:
         self.supervisor.stop()
+
+    async def shutdown(self) -> None:
+        """End the children (the driver then kills this actor)."""
+        await self.supervisor.shutdown()
 
 
 def start_supervisor(spec: PipelineSpec, log_url: str, wait_s: float = 30.0):

@@ -89,3 +89,6 @@ class LocalChildren:
     async def stop(self) -> None:
         if self.loader is not None:
             await self._serial("loader", 0, self.loader.close)
+
+    async def shutdown(self) -> None:
+        await self.stop()

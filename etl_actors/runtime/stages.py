@@ -16,13 +16,28 @@ import pyarrow as pa
 
 from ..batch import DeadLetter, SourceBatch, StepResult
 from ..errors import StepFailed, TerminalError
-from ..eventlog import EventLog
 
 
-class Extractor:
+class Stage:
+    """What every stage worker shares: it can start afresh for a new run in the same
+    process (a warm actor), by running ``__init__`` again with its first arguments,
+    which each ``__init__`` keeps in ``_init_args``."""
+
+    _init_args: tuple = ()
+
+    def reset(self) -> None:
+        self.close()
+        self.__init__(*self._init_args)
+
+    def close(self) -> None:
+        """Release what the stage holds open."""
+
+
+class Extractor(Stage):
     """Reads one partition at a time from a source, one batch per call."""
 
     def __init__(self, pipeline: str, source: Any, log_url: str, index: int = 0):
+        self._init_args = (pipeline, source, log_url, index)
         self.pipeline, self.source, self.log_url, self.index = pipeline, source, log_url, index
         self._batches: Iterator[SourceBatch] | None = None
         self._partition: str | None = None
@@ -43,7 +58,7 @@ class Extractor:
             self._batches = None
             return None, None
         if batch.rejects:
-            EventLog(self.log_url).put_dead_letters(self.pipeline, run_id, batch.batch_id, "extract", batch.rejects)
+            _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch.batch_id, "extract", batch.rejects)
         report = {"batch_id": batch.batch_id, "partition": batch.partition, "position": batch.position,
                   "rows": batch.table.num_rows, "bytes": int(batch.table.nbytes),
                   "rejected": len(batch.rejects), "reject_reason": _first_reason(batch.rejects)}
@@ -62,7 +77,7 @@ def split_chain(steps: Sequence[Any]) -> tuple[tuple, Any | None, tuple]:
     return tuple(steps), None, ()
 
 
-class Transformer:
+class Transformer(Stage):
     """Applies the transformation chain to a batch.
 
     Steps run in order; each records recordsIn, recordsOut and its duration. A failing
@@ -73,6 +88,7 @@ class Transformer:
     """
 
     def __init__(self, pipeline: str, steps: Sequence[Any], log_url: str, index: int = 0):
+        self._init_args = (pipeline, steps, log_url, index)
         self.pipeline, self.log_url, self.index = pipeline, log_url, index
         self.before, self.blocking, self.after = split_chain(steps)
         for step in steps:
@@ -86,6 +102,10 @@ class Transformer:
         if self.blocking is not None:
             table = self._timed_partial(table, report)
         return table, report
+
+    def finish_refs(self, batch_id: str, run_id: str, *partials):
+        """``finish`` with the partial tables passed as top-level (resolved) arguments."""
+        return self.finish(list(partials), batch_id, run_id)
 
     def finish(self, partials: Sequence[pa.Table], batch_id: str, run_id: str) -> tuple[pa.Table, dict]:
         """Combine the blocking step's partials, then run the steps after it."""
@@ -126,7 +146,7 @@ class Transformer:
                                                  success=False, error=_message(exc)))
             return table
         if result.rejects:
-            EventLog(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, f"transform:{step.id}",
+            _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, f"transform:{step.id}",
                                                     result.rejects)
             report["rejected"] += len(result.rejects)
             report["reasons"].append(result.rejects[0].reason)
@@ -150,7 +170,7 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class Loader:
+class Loader(Stage):
     """Writes batches to one sink, one transaction per batch.
 
     May be retried: a batch id already in the sink's ledger is a no-op, so calling
@@ -158,6 +178,7 @@ class Loader:
     """
 
     def __init__(self, pipeline: str, sink: Any, log_url: str):
+        self._init_args = (pipeline, sink, log_url)
         self.pipeline, self.sink, self.log_url = pipeline, sink, log_url
         self._writer = None
 
@@ -173,7 +194,7 @@ class Loader:
     def load(self, table: pa.Table, batch_id: str, run_id: str) -> dict:
         result = self.writer.write(table, batch_id)
         if result.dead_letters:
-            EventLog(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, "load", result.dead_letters)
+            _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, "load", result.dead_letters)
         return {"batch_id": batch_id, "loaded": result.loaded, "failed": result.failed,
                 "duplicate": result.duplicate, "bytes": int(table.nbytes),
                 "reason": result.dead_letters[0].reason if result.dead_letters else ""}
@@ -201,3 +222,9 @@ def ensure_table(value: Any) -> pa.Table:
     if not isinstance(value, pa.Table):
         raise TerminalError(f"expected a pyarrow Table, got {type(value).__name__}")
     return value
+
+
+def _log(url: str):
+    from ..eventlog import EventLog
+
+    return EventLog(url)

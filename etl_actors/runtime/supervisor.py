@@ -41,7 +41,9 @@ class Children(Protocol):
     when the child died; :meth:`restart` replaces it."""
 
     def cpus(self) -> int: ...
-    async def start(self, extractors: int, transformers: int) -> None: ...
+    async def start(self, extractors: int, transformers: int) -> None:
+        """Have that many children ready, each with fresh state for a new run (a child
+        kept from an earlier run is reset, not started again)."""
     async def open(self, index: int, partition: str, position: Any) -> None: ...
     async def next_batch(self, index: int, run_id: str) -> tuple[dict | None, Any]: ...
     async def transform(self, index: int, ref: Any, batch_id: str, run_id: str) -> tuple[Any, dict]: ...
@@ -50,7 +52,11 @@ class Children(Protocol):
     async def finish_load(self) -> None: ...
     async def restart(self, kind: str, index: int) -> None: ...
     def generation(self, kind: str, index: int) -> int: ...
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """The run is over: release connections and files; children may stay warm."""
+
+    async def shutdown(self) -> None:
+        """End every child."""
 
 
 class PartitionCommits:
@@ -81,7 +87,7 @@ class PipelineSupervisor:
         self.listeners = list(listeners)   # called with each appended event (metrics)
         self.log = EventLog(log_url)
         self.log_url = log_url
-        self._children_factory = children_factory
+        self.children = children_factory(spec, log_url)   # kept warm between runs
         self._stopping = False
         self._current: str | None = None
         self.recover()
@@ -139,6 +145,9 @@ class PipelineSupervisor:
         """Finish the batches in flight, then end the run without reading more."""
         self._stopping = True
 
+    async def shutdown(self) -> None:
+        await self.children.shutdown()
+
     # --- a run ----------------------------------------------------------------------
 
     async def run(self, trigger: str = "manual", run_id: str | None = None) -> dict:
@@ -162,7 +171,7 @@ class _Run:
 
     def __init__(self, sup: PipelineSupervisor, run_id: str, trigger: str):
         self.sup, self.spec, self.run_id, self.trigger = sup, sup.spec, run_id, trigger
-        self.children: Children = sup._children_factory(sup.spec, sup.log_url)
+        self.children: Children = sup.children
         self.before, self.blocking, self.after = split_chain(self.spec.transformations)
         self.deferred = self.blocking is not None or self.spec.destination.commits_at_finish
         self.commits: dict[str, PartitionCommits] = {}

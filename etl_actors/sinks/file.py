@@ -109,7 +109,7 @@ class FileWriter(SinkWriter):
     def _encode(self, table: pa.Table, stream) -> None:
         if self.sink.format == "parquet":
             compression = None if self.sink.compression == "none" else self.sink.compression
-            pq.write_table(table, stream, compression=compression)
+            pq.write_table(table, stream, compression=compression, use_dictionary=_dictionary_columns(table.schema))
         elif self.sink.format == "csv":
             pcsv.write_csv(table, stream)
         else:
@@ -128,3 +128,10 @@ class FileWriter(SinkWriter):
             self.fs.delete_file(path)
         except OSError:
             pass
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Dictionary-encode text columns only: numbers and timestamps are mostly distinct,
+    and trying a dictionary first then falling back costs more than the write."""
+    return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_binary(f.type) or pa.types.is_dictionary(f.type)]

@@ -18,6 +18,7 @@ the file's first block) come back as :class:`~etl_actors.batch.DeadLetter` s on
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -43,7 +44,13 @@ _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
 COLUMN_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
                 "timestamp": pa.timestamp("us"), "date": pa.date32()}
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_NULLS = pa.array(pcsv.ConvertOptions().null_values, pa.string())
+
+
+@functools.cache
+def _null_words() -> pa.Array:
+    """The CSV reader's null spellings (built on first use: pa.array at import time
+    would load pandas into every worker)."""
+    return pa.array(pcsv.ConvertOptions().null_values, pa.string())
 
 
 def format_of(path: str) -> str | None:
@@ -421,7 +428,7 @@ def _cast_rows(table: pa.Table, schema: pa.Schema) -> tuple[pa.Table, list[DeadL
     for field_ in schema:
         column = table[field_.name].combine_chunks()
         if not pa.types.is_string(field_.type):
-            column = pc.if_else(pc.is_in(column, value_set=_NULLS), pa.scalar(None, pa.string()), column)
+            column = pc.if_else(pc.is_in(column, value_set=_null_words()), pa.scalar(None, pa.string()), column)
             for i in _bad_rows(column, field_.type):
                 reasons.setdefault(i, f"{field_.name}: cannot convert {column[i].as_py()!r} to {field_.type}")
         columns.append(column)

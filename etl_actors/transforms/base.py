@@ -29,7 +29,8 @@ class Transform:
         raise NotImplementedError
 
     def open(self) -> None:
-        """Prepare in the worker process (load lookup tables, import handlers)."""
+        """Prepare in the worker process at the start of every run (load lookup
+        tables, import handlers); a worker may serve several runs."""
 
     def apply(self, table: pa.Table) -> StepResult:
         raise NotImplementedError

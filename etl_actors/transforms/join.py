@@ -108,8 +108,9 @@ class JoinStep(Transform):
         return {k: v for k, v in self.__dict__.items() if k != "_right"}
 
     def open(self) -> None:
-        """Read the lookup table into memory (once per worker)."""
-        self._lookup_table()
+        """Read the lookup table into memory, afresh for every run (a warm worker must
+        not join against last run's lookup)."""
+        object.__setattr__(self, "_right", self._checked(self.lookup.read()))
 
     def apply(self, table: pa.Table) -> StepResult:
         missing = [k for k in self.left_keys if k not in table.column_names]

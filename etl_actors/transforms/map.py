@@ -44,8 +44,8 @@ from ..expressions import Expression, compile_expression
 from ..spec import Section
 from .base import Transform, common_step_fields
 
-_TRUE = pa.array(["true", "t", "yes", "y", "1", "on"])
-_FALSE = pa.array(["false", "f", "no", "n", "0", "off"])
+_TRUE = ("true", "t", "yes", "y", "1", "on")
+_FALSE = ("false", "f", "no", "n", "0", "off")
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ def _to_bool(v: pa.Array, m: FieldMapping) -> pa.Array:
     if not _is_text(v):
         return pc.not_equal(v, pa.scalar(0).cast(v.type)) if not pa.types.is_boolean(v.type) else v
     words = pc.utf8_lower(pc.utf8_trim_whitespace(v))
-    yes, no = pc.is_in(words, value_set=_TRUE), pc.is_in(words, value_set=_FALSE)
+    yes, no = pc.is_in(words, value_set=pa.array(_TRUE)), pc.is_in(words, value_set=pa.array(_FALSE))
     if pc.any(pc.and_(pc.is_valid(words), pc.invert(pc.or_(yes, no)))).as_py():
         raise pa.ArrowInvalid("not a boolean word")
     return pc.if_else(pc.is_null(words), pa.scalar(None, pa.bool_()), yes)

@@ -103,3 +103,23 @@ def test_a_lost_loader_in_replace_mode_fails_the_run_without_committing(tmp_path
     result = asyncio.run(PipelineSupervisor(spec, f"sqlite:///{tmp_path}/ev.db", Losing).run())
     assert result["status"] == "failed" and "run again" in result["error"]
     assert result["watermark"] == {}
+
+
+@pytest.mark.ray
+def test_a_warm_pipeline_joins_against_the_lookup_as_it_is_at_each_run(ray_local, tmp_path, uniq):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text("order_id,country\n1,DE\n2,US\n")
+    lookup = tmp_path / "countries.csv"
+    lookup.write_text("code,region\nDE,EU\nUS,NA\n")
+    pipeline = Pipeline.from_dict({"name": f"warm-{uniq}", "pipeline": {
+        "source": {"type": "file", "path": str(tmp_path / "in"), "format": "csv"},
+        "transformations": [{"id": "region", "type": "join", "with": {"type": "file", "path": str(lookup)},
+                             "on": {"country": "code"}, "select": ["region"]}],
+        "destination": {"type": "database", "connection": f"sqlite:///{tmp_path}/wh.db", "table": "out"}}})
+    with pipeline:
+        pipeline.run(log=f"sqlite:///{tmp_path}/ev.db")
+        (tmp_path / "in" / "b.csv").write_text("order_id,country\n3,DE\n")
+        lookup.write_text("code,region\nDE,DACH\nUS,NA\n")
+        second = pipeline.run(log=f"sqlite:///{tmp_path}/ev.db")
+    assert (second["status"], second["recordsLoaded"]) == ("success", 1)
+    assert sorted(table(tmp_path)) == [(1, "DE", "EU"), (2, "US", "NA"), (3, "DE", "DACH")]
