@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log", help=log_help)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
+    run.add_argument("--reset", action="store_true",
+                     help="forget the committed watermark and read the source from the start")
 
     validate = sub.add_parser("validate", help="check a spec without running it")
     validate.add_argument("spec")
@@ -83,7 +85,7 @@ def _cmd_run(args) -> int:
         bar.start()
     try:
         with pipeline:
-            result = pipeline.run(log=log_url, runtime="local" if args.local else "ray")
+            result = pipeline.run(log=log_url, runtime="local" if args.local else "ray", reset=args.reset)
     finally:
         if bar:
             bar.close()

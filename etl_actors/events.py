@@ -213,6 +213,14 @@ class WatermarkCommitted(Event):
 
 
 @dataclass(frozen=True)
+class WatermarkReset(Event):
+    """Every committed position was dropped: the next run reads the source from the
+    start (sinks stay idempotent by batch id)."""
+    pipeline: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class ChildRestarted(Event):
     run_id: str
     child: str

@@ -69,12 +69,13 @@ class Pipeline:
     def name(self) -> str:
         return self.spec.name
 
-    def run(self, log: str | None = None, runtime: str = "ray", trigger: str = "manual") -> dict:
-        """Run once from the committed watermark; return the run summary (``status`` is
-        ``success`` or ``failed``)."""
+    def run(self, log: str | None = None, runtime: str = "ray", trigger: str = "manual",
+            reset: bool = False) -> dict:
+        """Run once from the committed watermark (from the start of the source with
+        ``reset``); return the run summary (``status`` is ``success`` or ``failed``)."""
         log_url = resolve_log_url(log)
         if runtime == "local":
-            return run_local(self.spec, log_url, trigger)
+            return run_local(self.spec, log_url, trigger, reset)
         if runtime != "ray":
             raise SpecError("runtime", f"{runtime!r} is not one of ray, local")
         if self._supervisor is not None and self._supervisor_log != log_url:
@@ -82,7 +83,7 @@ class Pipeline:
         if self._supervisor is None:
             self._supervisor, self._supervisor_log = start_on_ray(self.spec, log_url), log_url
         try:
-            return run_supervised(self._supervisor, trigger)
+            return run_supervised(self._supervisor, trigger, reset)
         except BaseException:
             self.close()
             raise
@@ -113,11 +114,11 @@ class Pipeline:
         ray.get(ray.get_actor(supervisor_name(self.name), namespace=NAMESPACE).stop.remote())
 
 
-def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual") -> dict:
+def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: bool = False) -> dict:
     from .runtime.local import LocalChildren
     from .runtime.supervisor import PipelineSupervisor
 
-    return asyncio.run(PipelineSupervisor(spec, log_url, LocalChildren).run(trigger))
+    return asyncio.run(PipelineSupervisor(spec, log_url, LocalChildren).run(trigger, reset=reset))
 
 
 def run_on_ray(spec: PipelineSpec, log_url: str, trigger: str = "manual") -> dict:
@@ -136,7 +137,7 @@ def start_on_ray(spec: PipelineSpec, log_url: str):
     return start_supervisor(spec, log_url)
 
 
-def run_supervised(supervisor, trigger: str = "manual") -> dict:
+def run_supervised(supervisor, trigger: str = "manual", reset: bool = False) -> dict:
     """Run through ``supervisor``; when it dies, Ray restarts it (its ``__init__``
     replays the log) and the run is asked for again, resuming from the watermark."""
     import ray
@@ -144,7 +145,7 @@ def run_supervised(supervisor, trigger: str = "manual") -> dict:
 
     for attempt in range(SUPERVISOR_RETRIES + 1):
         try:
-            return ray.get(supervisor.run.remote(trigger))
+            return ray.get(supervisor.run.remote(trigger, None, reset and attempt == 0))
         except RayActorError:
             if attempt == SUPERVISOR_RETRIES:
                 raise

@@ -258,7 +258,7 @@ class RuntimeOptions:
 
     parallelism: int | None = None      # transformer pool; None = the cluster's CPUs
     max_in_flight: int = 4              # batches between extraction and commit
-    extractors: int = 1                 # extractor actors (partitions are shared out)
+    extractors: int | None = None       # extractor actors sharing the partitions; None = the CPUs
     num_cpus: float = 0.0               # CPUs each stage actor reserves
     max_child_restarts: int = 5         # per child per run before the run fails
 
@@ -291,7 +291,7 @@ def _runtime(section: Section) -> RuntimeOptions:
     return RuntimeOptions(
         parallelism=section.positive_int("parallelism", None),
         max_in_flight=section.positive_int("max_in_flight", 4),
-        extractors=section.positive_int("extractors", 1),
+        extractors=section.positive_int("extractors", None),
         num_cpus=float(section.get("num_cpus", 0.0, types=(int, float),
                                    check=lambda v: None if v >= 0 else f"expected >= 0, got {v}")),
         max_child_restarts=section.get("max_child_restarts", 5, types=int),

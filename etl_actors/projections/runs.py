@@ -94,6 +94,8 @@ def _on_run(run: Run, event: ev.Event) -> Run:
 
 def evolve(state: Runs, event: ev.Event | ev.RecordedEvent) -> Runs:
     event = getattr(event, "event", event)
+    if isinstance(event, ev.WatermarkReset):
+        return replace(state, watermarks={**state.watermarks, event.pipeline: {}})
     if isinstance(event, ev.RunStarted):
         run = Run(pipeline=event.pipeline, run_id=event.run_id, started_at=event.at,
                   watermark=state.watermarks.get(event.pipeline, {}))

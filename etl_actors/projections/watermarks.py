@@ -1,19 +1,22 @@
 """Where to resume: the committed position of every partition of one pipeline.
 
-State: ``{partition: position}``. Only ``WatermarkCommitted`` moves it, and a commit
-is appended only after the sink holds every batch up to that position.
+State: ``{partition: position}``. ``WatermarkCommitted`` moves it, and a commit is
+appended only after the sink holds every batch up to that position;
+``WatermarkReset`` empties it.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from ..events import Event, RecordedEvent, WatermarkCommitted
+from ..events import Event, RecordedEvent, WatermarkCommitted, WatermarkReset
 
 
 def evolve(state: Mapping[str, Any], event: Event | RecordedEvent) -> Mapping[str, Any]:
     event = getattr(event, "event", event)
     if isinstance(event, WatermarkCommitted):
         return {**state, event.partition: event.position}
+    if isinstance(event, WatermarkReset):
+        return {}
     return state
 
 

@@ -222,8 +222,8 @@ class SupervisorActor:
     def __repr__(self) -> str:
         return repr(self.supervisor)
 
-    async def run(self, trigger: str = "manual", run_id: str | None = None) -> dict:
-        return await self.supervisor.run(trigger, run_id)
+    async def run(self, trigger: str = "manual", run_id: str | None = None, reset: bool = False) -> dict:
+        return await self.supervisor.run(trigger, run_id, reset)
 
     @ray.method(concurrency_group="control")
     async def status(self) -> dict:

@@ -150,9 +150,12 @@ class PipelineSupervisor:
 
     # --- a run ----------------------------------------------------------------------
 
-    async def run(self, trigger: str = "manual", run_id: str | None = None) -> dict:
-        """Run the pipeline once from its committed watermark; return the run summary."""
+    async def run(self, trigger: str = "manual", run_id: str | None = None, reset: bool = False) -> dict:
+        """Run the pipeline once from its committed watermark (from the very start of
+        the source with ``reset``); return the run summary."""
         self._take_lease()
+        if reset:
+            self.append(ev.WatermarkReset(pipeline=self.spec.name, reason=f"{trigger}: run from the start"))
         run = _Run(self, run_id or uuid.uuid4().hex[:12], trigger)
         self._current = run.run_id
         try:
@@ -210,17 +213,16 @@ class _Run:
     async def _start_children(self, n_partitions: int) -> None:
         runtime = self.spec.runtime
         n_transformers = runtime.parallelism or max(1, self.children.cpus())
-        n_extractors = max(1, min(runtime.extractors, n_partitions))
-        await self.children.start(n_extractors, n_transformers)
+        self.n_extractors = max(1, min(runtime.extractors or self.children.cpus(), n_partitions))
+        await self.children.start(self.n_extractors, n_transformers)
         self.transformer_load = [0] * n_transformers
 
     async def _execute(self, partitions: list[str]) -> None:
         runtime = self.spec.runtime
-        n_extractors = max(1, min(runtime.extractors, len(partitions)))
         self.slots = asyncio.Semaphore(runtime.max_in_flight)
         self.sup.append(ev.PhaseStarted(run_id=self.run_id, phase="extract"))
         queue = deque(partitions)
-        readers = [asyncio.create_task(self._read(i, queue)) for i in range(n_extractors)]
+        readers = [asyncio.create_task(self._read(i, queue)) for i in range(self.n_extractors)]
         await self._gather(readers)
         await self._drain()
         if self.blocking is not None:

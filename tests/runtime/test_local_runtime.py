@@ -101,3 +101,12 @@ def test_an_interrupted_run_is_recorded_as_failed_by_the_next(log_url):
     run(spec, log_url)
     failed = [r.event for r in EventLog(log_url).read(spec.stream) if isinstance(r.event, ev.RunFailed)]
     assert [(e.run_id, e.error.split(":")[0]) for e in failed] == [("r0", "interrupted")]
+
+
+def test_a_reset_run_reads_every_partition_again_and_the_ledger_keeps_rows_single(log_url):
+    spec = make_spec()
+    run(spec, log_url)
+    again = asyncio.run(PipelineSupervisor(spec, log_url, LocalChildren).run(reset=True))
+    assert (again["status"], again["recordsExtracted"], again["recordsLoaded"]) == ("success", 11, 11)
+    assert len(spec.destination.rows) == 11
+    assert again["watermark"] == {"a": {"rows": 7, "done": True}, "b": {"rows": 4, "done": True}}
