@@ -20,7 +20,6 @@ seconds and input rows/s, followed by the ratios and one JSON line of every figu
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
@@ -110,31 +109,37 @@ def etl_spec(name: str, csv_dir: Path, out: Path, args) -> dict:
         ],
         "destination": {"type": "file", "path": str(out), "format": "parquet", "compression": "snappy"},
         "maxInFlight": args.max_in_flight,
-        "extractors": args.extractors,
     }
     if args.parallelism:
         pipeline["parallelism"] = args.parallelism
+    if args.extractors:
+        pipeline["extractors"] = args.extractors
     return {"name": name, "pipeline": pipeline}
 
 
-_ETL_RUNS = itertools.count()
+_ETL_PIPELINES: dict = {}
 
 
 def run_etl(csv_dir: Path, out: Path, args, attempt: int) -> dict:
+    """One etl-actors run through the real spec path on Ray. The first run is cold (the
+    supervisor and stage actors start); later runs reuse the same Pipeline object, whose
+    actors stay warm, and read the input again from the start (``reset=True``), as a
+    service re-running a job would."""
     import etl_actors as ea
 
-    run_name = f"bench-csv-parquet-{os.getpid()}-{next(_ETL_RUNS)}"
-    log_path = args.data_dir / "etl-logs" / f"{run_name}.db"
-    spec = etl_spec(run_name, csv_dir, out, args)
-    pipeline = ea.Pipeline.from_dict(spec, base_dir=str(HERE))
-    log_url = f"sqlite:///{log_path}"
+    if "pipeline" not in _ETL_PIPELINES:
+        name = f"bench-csv-parquet-{os.getpid()}"
+        spec = etl_spec(name, csv_dir, out, args)
+        _ETL_PIPELINES["pipeline"] = ea.Pipeline.from_dict(spec, base_dir=str(HERE))
+        _ETL_PIPELINES["log"] = f"sqlite:///{args.data_dir / 'etl-logs' / name}.db"
+    pipeline, log_url = _ETL_PIPELINES["pipeline"], _ETL_PIPELINES["log"]
     wall_start, started = time.time(), time.perf_counter()
-    summary = pipeline.run(log=log_url, runtime="ray")
+    summary = pipeline.run(log=log_url, runtime="ray", reset=attempt > 0)
     seconds = time.perf_counter() - started
     if summary.get("status") != "success":
         raise RuntimeError(f"etl-actors run failed: {summary.get('error')}")
     steps = {s["id"]: round(s["durationMs"]) for s in summary.get("steps", [])}
-    return {"seconds": seconds, "durationMs": summary.get("durationMs"),
+    return {"seconds": seconds, "durationMs": summary.get("durationMs"), "warm": attempt > 0,
             "recordsExtracted": summary.get("recordsExtracted"), "recordsLoaded": summary.get("recordsLoaded"),
             "stepMs": steps, "phasesMs": etl_phases(log_url, pipeline.spec.stream, wall_start, wall_start + seconds)}
 
@@ -149,6 +154,8 @@ def etl_phases(log_url: str, stream: str, started: float, ended: float) -> dict:
 
     marks: dict[str, float] = {}
     for recorded in EventLog(log_url).read(stream):
+        if recorded.recorded_at < started:
+            continue
         kind = recorded.type
         if kind == "PhaseStarted":
             kind = f"PhaseStarted:{recorded.event.phase}"
@@ -282,7 +289,7 @@ def verify(outputs: dict[str, Path], csv_dir: Path) -> dict:
 # --- main ----------------------------------------------------------------------------------------
 
 def best_of(engine: str, csv_dir: Path, out: Path, args) -> dict:
-    best = None
+    best, first = None, None
     for attempt in range(args.repeat):
         shutil.rmtree(out, ignore_errors=True)
         result = RUNNERS[engine](csv_dir, out, args, attempt)
@@ -290,8 +297,10 @@ def best_of(engine: str, csv_dir: Path, out: Path, args) -> dict:
               + (f" (durationMs {result['durationMs']}, phases {result['phasesMs']}, steps {result['stepMs']})"
                  if engine == "etl" else ""),
               flush=True)
+        first = first or result
         if best is None or result["seconds"] < best["seconds"]:
             best = result
+    best["firstSeconds"] = round(first["seconds"], 3)
     return best
 
 
@@ -302,13 +311,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=HERE / ".data", help="where input and outputs go")
     parser.add_argument("--keep", action="store_true", help="reuse the generated CSV when present")
     parser.add_argument("--only", default=",".join(ENGINES), help="engines to run: etl,duckdb,raydata")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per engine; the best is kept")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per engine, the best is kept (default 3: the first run of etl-actors"
+                             " starts its actors, later ones reuse them warm, as Ray Data reuses workers)")
     etl = parser.add_argument_group("etl-actors spec knobs")
     etl.add_argument("--batch-size", type=int, default=500_000, help="file source batchSize (default 500,000)")
-    etl.add_argument("--parallelism", type=int, default=1,
-                     help="transformer actors (default 1; 0: the framework's default, the cluster's CPUs)")
+    etl.add_argument("--parallelism", type=int, default=0,
+                     help="transformer actors (default 0: the framework's default, the cluster's CPUs)")
     etl.add_argument("--max-in-flight", type=int, default=4, help="batches in flight (default 4)")
-    etl.add_argument("--extractors", type=int, default=1, help="extractor actors (default 1)")
+    etl.add_argument("--extractors", type=int, default=0,
+                     help="extractor actors (default 0: the framework's default, the cluster's CPUs)")
     args = parser.parse_args(argv)
     args.only = [e.strip() for e in args.only.split(",") if e.strip()]
     unknown = [e for e in args.only if e not in ENGINES]
@@ -337,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         result["seconds"] = round(result["seconds"], 3)
         result["rowsOut"] = sums[engine]["rows"]
         result["outputFiles"] = sums[engine]["files"]
-        extra = (f"  (reported durationMs {result['durationMs']:.0f}; wall ms by phase {result['phasesMs']})"
-                 if engine == "etl" else "")
+        extra = (f"  (reported durationMs {result['durationMs']:.0f}; wall ms by phase {result['phasesMs']};"
+                 f" first run {result['firstSeconds']:.2f} s)" if engine == "etl" else
+                 f"  (first run {result['firstSeconds']:.2f} s)")
         print(f"{labels[engine]:<11} {result['seconds']:8.2f} s  {result['rowsPerSecond']:>12,} rows/s{extra}")
     ratios = {}
     for peer in ("duckdb", "raydata"):
