@@ -149,18 +149,20 @@ class FileSource(Source):
     # --- partitions --------------------------------------------------------------
 
     def partitions(self, watermark: Mapping[str, Any]) -> list[str]:
-        """The matching files, sorted, without those whose position says ``done``."""
-        return [f for f in self.files() if not _is_done(watermark.get(f))]
+        """The matching files, sorted, without those whose position says ``done``.
+
+        A partition is a file's path relative to the source's folder (its name, for a
+        single-file source), so the watermark survives the data moving as a whole: a
+        ``ray job submit --working-dir`` upload, a remounted volume.
+        """
+        keys = [self._key(f) for f in self.files()]
+        return [k for k in keys if not _is_done(watermark.get(k))]
 
     def files(self) -> list[str]:
         """Every file this source covers, sorted by path."""
-        base, glob = split_glob(self.path)
-        fs, root, prefix = filesystem(base)
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.File and glob is None:
+        fs, root, prefix, glob, single = self._root()
+        if single:
             return [prefix + root]
-        if info.type == pafs.FileType.NotFound:
-            raise TerminalError(f"no such file or folder: {self.path!r}", partition=self.path)
         pattern = glob or self.pattern
         regex = glob_regex(pattern) if pattern else None
         by_name = pattern is not None and glob is None and "/" not in pattern
@@ -176,8 +178,26 @@ class FileSource(Source):
             found.append(prefix + entry.path)
         return sorted(found)
 
+    def _root(self) -> tuple[pafs.FileSystem, str, str, str | None, bool]:
+        """(filesystem, root path in it, key prefix, glob, whether the root is one file)."""
+        base, glob = split_glob(self.path)
+        fs, root, prefix = filesystem(base)
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            raise TerminalError(f"no such file or folder: {self.path!r}", partition=self.path)
+        return fs, root, prefix, glob, info.type == pafs.FileType.File and glob is None
+
+    def _key(self, location: str) -> str:
+        _, root, prefix, _, single = self._root()
+        return posixpath.basename(root) if single else location[len(prefix + root):].lstrip("/")
+
+    def locate(self, partition: str) -> str:
+        """The file a partition key names."""
+        _, root, prefix, _, single = self._root()
+        return prefix + root if single else f"{prefix}{root.rstrip('/')}/{partition}"
+
     def estimate_bytes(self, partition: str) -> int | None:
-        fs, path, _ = filesystem(partition)
+        fs, path, _ = filesystem(self.locate(partition))
         return fs.get_file_info(path).size
 
     def describe(self) -> dict:
@@ -191,7 +211,7 @@ class FileSource(Source):
         if _is_done(position):
             return
         start = int(position.get("rows", 0)) if isinstance(position, Mapping) else 0
-        fs, path, _ = filesystem(partition)
+        fs, path, _ = filesystem(self.locate(partition))
         try:
             chunks = self._chunks(fs, path, partition, start)
             yield from _with_positions(chunks, partition, start)

@@ -67,7 +67,7 @@ def test_directory_reads_every_csv_file_below_it(tmp_path):
     (tmp_path / "notes.txt").write_text("not data")
     (tmp_path / ".tmp-c.csv").write_text("id\n99\n")
     source = build({"type": "file", "path": ".", "format": "csv"}, tmp_path)
-    assert [p.rsplit("/", 1)[1] for p in source.partitions({})] == ["b.csv", "a.csv"]
+    assert source.partitions({}) == ["2024/01/b.csv", "a.csv"]
     assert ids(read_all(source)) == list(range(20))
 
 
@@ -100,6 +100,15 @@ def test_files_already_done_are_skipped_next_run(tmp_path):
     assert source.partitions(watermark) == []
     write_csv(tmp_path / "d.csv", 5, start=10)
     assert ids(read_all(source, watermark)) == list(range(10, 15))
+
+
+def test_the_watermark_survives_the_folder_moving(tmp_path):
+    (tmp_path / "old").mkdir()
+    write_csv(tmp_path / "old" / "a.csv", 5)
+    watermark = {b.partition: b.position for b in read_all(FileSource(path=str(tmp_path / "old")))}
+    (tmp_path / "old").rename(tmp_path / "new")
+    write_csv(tmp_path / "new" / "b.csv", 5, start=5)
+    assert ids(read_all(FileSource(path=str(tmp_path / "new")), watermark)) == list(range(5, 10))
 
 
 def test_bad_csv_rows_become_rejects_with_reasons_and_the_rest_loads(tmp_path):
