@@ -154,6 +154,7 @@ class PipelineSupervisor:
         """Run the pipeline once from its committed watermark (from the very start of
         the source with ``reset``); return the run summary."""
         self._take_lease()
+        self._stopping = False
         if reset:
             self.append(ev.WatermarkReset(pipeline=self.spec.name, reason=f"{trigger}: run from the start"))
         run = _Run(self, run_id or uuid.uuid4().hex[:12], trigger)

@@ -110,3 +110,15 @@ def test_a_reset_run_reads_every_partition_again_and_the_ledger_keeps_rows_singl
     assert (again["status"], again["recordsExtracted"], again["recordsLoaded"]) == ("success", 11, 11)
     assert len(spec.destination.rows) == 11
     assert again["watermark"] == {"a": {"rows": 7, "done": True}, "b": {"rows": 4, "done": True}}
+
+
+def test_stop_commits_the_batches_in_flight_and_the_next_run_finishes_the_rest(log_url):
+    spec = make_spec(max_in_flight=1)
+    supervisor = PipelineSupervisor(spec, log_url, LocalChildren)
+    supervisor.listeners.append(lambda e: isinstance(e, ev.BatchLoaded) and supervisor.stop())
+    stopped = asyncio.run(supervisor.run())
+    assert stopped["status"] == "failed" and stopped["error"].startswith("stopped on request")
+    assert 0 < stopped["recordsLoaded"] < 11
+    rest = run(spec, log_url)
+    assert rest["recordsLoaded"] == 11 - stopped["recordsLoaded"]
+    assert sorted(r["id"] for r in spec.destination.rows) == [r["id"] for r in ROWS_A + ROWS_B]
