@@ -303,12 +303,8 @@ def _parquet_chunks(fs, path: str, start: int, batch_size: int):
             if first + size <= start:
                 first += size
                 continue
-            for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group]):
-                skip = max(0, start - first)
-                first += batch.num_rows
-                if skip < batch.num_rows:
-                    table = pa.Table.from_batches([batch.slice(skip)])
-                    yield table, table.num_rows, ()
+            yield from _after(parquet.iter_batches(batch_size=batch_size, row_groups=[group]), start, first)
+            first += size
 
 
 # --- json --------------------------------------------------------------------------
@@ -324,13 +320,17 @@ def _json_chunks(fs, path: str, start: int, batch_size: int):
     block = _block_size(head, batch_size)
     with fs.open_input_stream(path, compression="detect") as stream:
         reader = pjson.open_json(stream, read_options=pjson.ReadOptions(block_size=block, use_threads=False))
-        seen = 0
-        for batch in reader:
-            skip = max(0, start - seen)
-            seen += batch.num_rows
-            if skip < batch.num_rows:
-                table = pa.Table.from_batches([batch.slice(skip)])
-                yield table, table.num_rows, ()
+        yield from _after(reader, start)
+
+
+def _after(batches, start: int, seen: int = 0):
+    """Chunks of ``batches`` (whose first row is row ``seen``) from row ``start`` on."""
+    for batch in batches:
+        skip = max(0, start - seen)
+        seen += batch.num_rows
+        if skip < batch.num_rows:
+            table = pa.Table.from_batches([batch.slice(skip)])
+            yield table, table.num_rows, ()
 
 
 def _json_array_chunks(fs, path: str, start: int, batch_size: int):
