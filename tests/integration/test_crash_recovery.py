@@ -110,3 +110,42 @@ def test_a_killed_supervisor_is_restarted_and_resumes_from_the_log(ray_local, tm
     assert [type(e).__name__ for e in runs] == ["RunFailed", "RunSucceeded"]
     cursors = committed_cursors(log, stream)
     assert cursors == sorted(cursors, key=lambda p: p["cursor"])
+
+
+def test_chaos_random_children_killed_at_random_moments_lose_and_double_nothing(ray_local, tmp_path, uniq):
+    import random
+
+    rng = random.Random(20261125)
+    src, dst, log = (f"sqlite:///{tmp_path}/{n}.db" for n in ("crm", "wh", "events"))
+    crm.create(src, ROWS)
+    name = f"chaos-{uniq}"
+    stream = f"pipeline:{name}"
+    pipeline = Pipeline.from_dict(crm.spec(name, src, dst, mode="insert", batch_size=50, maxInFlight=3,
+                                           parallelism=2))
+    victims = ["loader", "extractor:0", "transformer:0", "transformer:1"]
+    kills = []
+
+    def chaos():
+        deadline = time.time() + 60
+        while len(kills) < 4 and time.time() < deadline:
+            time.sleep(rng.uniform(0.05, 0.4))
+            if not committed_cursors(log, stream):
+                continue
+            victim = rng.choice(victims)
+            try:
+                ray.kill(ray.get_actor(f"etl:{name}:{victim}", namespace="etl_actors"))
+                kills.append(victim)
+            except ValueError:
+                pass
+
+    killer = threading.Thread(target=chaos, daemon=True)
+    killer.start()
+    with pipeline:
+        result = pipeline.run(log=log)
+    killer.join()
+    assert result["status"] == "success", result.get("error")
+    assert crm.dest_rows(dst) == crm.source_rows(src)
+    restarted = [r.event.child for r in EventLog(log).read(stream) if isinstance(r.event, ev.ChildRestarted)]
+    assert restarted, f"no kill landed during the run (kills: {kills})"
+    cursors = committed_cursors(log, stream)
+    assert cursors == sorted(cursors, key=lambda p: p["cursor"])
