@@ -250,14 +250,19 @@ def start_supervisor(spec: PipelineSpec, log_url: str, wait_s: float = 30.0):
         try:
             return SupervisorActor.options(name=name, namespace=NAMESPACE, max_restarts=3).remote(spec, log_url)
         except ValueError:
-            if _answers(name) or time.monotonic() > deadline:
-                raise RuntimeError(f"pipeline {spec.name!r} is already running (actor {name!r})") from None
+            status = _status(name)
+            if status is not None:
+                doing = (f"running {status['runId']}" if status.get("running")
+                         else "idle, kept warm by another Pipeline object: close() that one first")
+                raise RuntimeError(f"pipeline {spec.name!r} already has a supervisor ({doing})") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the actor name {name!r} stays taken by a supervisor that does not answer") from None
             time.sleep(0.5)
 
 
-def _answers(name: str) -> bool:
+def _status(name: str) -> dict | None:
+    """The live supervisor's status, or None when it is gone, dying or unreachable."""
     try:
-        ray.get(ray.get_actor(name, namespace=NAMESPACE).status.remote(), timeout=5)
-        return True
-    except Exception:  # noqa: BLE001 - gone, dying or unreachable: not a live supervisor
-        return False
+        return ray.get(ray.get_actor(name, namespace=NAMESPACE).status.remote(), timeout=5)
+    except Exception:  # noqa: BLE001 - not a live supervisor
+        return None
