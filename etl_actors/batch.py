@@ -6,7 +6,7 @@ Tables travel as ``pyarrow.Table``; these wrappers carry the facts the superviso
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import pyarrow as pa
 
@@ -57,6 +57,11 @@ class LoadResult:
     failed: int = 0
     duplicate: bool = False
     dead_letters: tuple[DeadLetter, ...] = field(default=(), repr=False)
+
+
+def is_done(position: Any) -> bool:
+    """Whether a partition position says the partition is finished for good."""
+    return isinstance(position, Mapping) and bool(position.get("done"))
 
 
 def table_bytes(table: pa.Table) -> int:

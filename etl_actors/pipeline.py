@@ -19,7 +19,7 @@ from .errors import SpecError
 from .eventlog import EventLog
 from .projections import runs as runs_projection
 from .projections import watermarks as watermarks_projection
-from .spec import PipelineSpec, parse, parse_file
+from .spec import PipelineSpec, anchor_sqlite, parse, parse_file
 
 DEFAULT_LOG = "sqlite:///.etl_actors/events.db"
 SUPERVISOR_RETRIES = 3
@@ -28,11 +28,7 @@ SUPERVISOR_RETRIES = 3
 def resolve_log_url(log: str | None = None) -> str:
     """``log``, else ``$ETL_ACTORS_LOG``, else a SQLite file under ``./.etl_actors/``;
     relative SQLite paths are made absolute so every actor opens the same file."""
-    url = log or os.environ.get("ETL_ACTORS_LOG") or DEFAULT_LOG
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        url = prefix + os.path.abspath(url[len(prefix):])
-    return url
+    return anchor_sqlite(log or os.environ.get("ETL_ACTORS_LOG") or DEFAULT_LOG, os.getcwd())
 
 
 def ensure_ray(**init_kwargs) -> None:
@@ -166,7 +162,7 @@ def pipeline_status(name: str, log_url: str, spec: PipelineSpec | None = None) -
     recorded = EventLog(log_url).read(f"pipeline:{name}")
     runs = runs_projection.project(recorded)
     marks = watermarks_projection.project(recorded)
-    view = getattr(spec.source, "view_watermark", None) if spec else None
+    view = spec.source.view_watermark if spec else None
     last = runs.last(name)
     return {"pipeline": name, "watermark": view(marks) if view else marks, "runs": len(runs.of(name)),
             "lastRun": runs_projection.summary(last, view) if last else None}

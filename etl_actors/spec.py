@@ -187,6 +187,15 @@ def load_file(path: str) -> dict:
 
 # --- connections and secrets -----------------------------------------------------
 
+def anchor_sqlite(url: str, base_dir: str) -> str:
+    """A SQLite URL with a relative path made absolute against ``base_dir``; other
+    URLs unchanged (so every process opens the same file)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + os.path.normpath(os.path.join(base_dir, os.path.expanduser(url[len(prefix):])))
+    return url
+
+
 def substitute_env(value: str, path: str, env: Mapping[str, str] | None = None) -> str:
     """Replace ``${NAME}`` (or ``${NAME:-default}``) with the environment's value."""
     env = os.environ if env is None else env
@@ -223,10 +232,7 @@ class SpecContext:
 
     def _anchor(self, url: str) -> str:
         """Relative SQLite paths are read from the spec's folder, like file paths."""
-        prefix = "sqlite:///"
-        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-            return prefix + self.resolve_path(url[len(prefix):])
-        return url
+        return anchor_sqlite(url, self.base_dir)
 
     def resolve_path(self, path: str) -> str:
         path = os.path.expanduser(path)

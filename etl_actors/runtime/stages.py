@@ -216,13 +216,6 @@ def content_id(prefix: str, table: pa.Table) -> str:
     return f"{prefix}:{hashlib.sha256(sink.getvalue()).hexdigest()[:24]}"
 
 
-def ensure_table(value: Any) -> pa.Table:
-    if isinstance(value, pa.RecordBatch):
-        return pa.Table.from_batches([value])
-    if not isinstance(value, pa.Table):
-        raise TerminalError(f"expected a pyarrow Table, got {type(value).__name__}")
-    return value
-
 
 def _log(url: str):
     from ..eventlog import EventLog

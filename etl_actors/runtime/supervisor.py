@@ -25,6 +25,7 @@ from ..eventlog import EventLog
 from ..projections import runs as runs_projection
 from ..projections import watermarks as watermarks_projection
 from ..spec import PipelineSpec
+from ..batch import is_done as _is_done
 from .stages import split_chain
 
 
@@ -137,9 +138,8 @@ class PipelineSupervisor:
     def status(self) -> dict:
         last = self.runs.last(self.spec.name)
         return {"pipeline": self.spec.name, "running": self._current is not None, "runId": self._current,
-                "watermark": self.spec.source.view_watermark(self.watermarks) if hasattr(
-                    self.spec.source, "view_watermark") else self.watermarks,
-                "lastRun": runs_projection.summary(last) if last else None}
+                "watermark": self.spec.source.view_watermark(self.watermarks),
+                "lastRun": runs_projection.summary(last, self.spec.source.view_watermark) if last else None}
 
     def stop(self) -> None:
         """Finish the batches in flight, then end the run without reading more."""
@@ -166,8 +166,7 @@ class PipelineSupervisor:
         return self.summary(run.run_id)
 
     def summary(self, run_id: str) -> dict:
-        view = getattr(self.spec.source, "view_watermark", None)
-        return runs_projection.summary(self.runs.by_id[run_id], view)
+        return runs_projection.summary(self.runs.by_id[run_id], self.spec.source.view_watermark)
 
 
 class _Run:
@@ -421,5 +420,3 @@ class _Run:
             pass
 
 
-def _is_done(position: Any) -> bool:
-    return isinstance(position, dict) and bool(position.get("done"))

@@ -43,6 +43,11 @@ class Source:
         """The partition's size in bytes if cheaply known (for progress), else None."""
         return None
 
+    def view_watermark(self, watermark: Mapping[str, Any]) -> Any:
+        """The committed watermark as users read it in summaries and status; by default
+        the ``{partition: position}`` mapping itself."""
+        return dict(watermark)
+
     def describe(self) -> dict:
         """A secret-free summary for events and status output."""
         return {"type": self.type}

@@ -34,6 +34,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from ..batch import DeadLetter, SourceBatch, jsonable
+from ..batch import is_done as _is_done
 from ..errors import SpecError, TerminalError, TransientError
 from .base import Source
 
@@ -259,10 +260,6 @@ def _location(section, ctx, kind: str) -> tuple[str, str | None]:
 
 def _hidden(relative: str) -> bool:
     return any(part.startswith((".", "_")) for part in relative.split("/"))
-
-
-def _is_done(position: Any) -> bool:
-    return isinstance(position, Mapping) and bool(position.get("done"))
 
 
 def _first_line(exc: BaseException) -> str:
