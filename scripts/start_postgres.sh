@@ -2,6 +2,9 @@
 # Start the machine's PostgreSQL cluster and make the role and database the tests use.
 # Idempotent. Prints the URL to use as ETL_TEST_PG_URL.
 set -euo pipefail
+# Only the URL goes to stdout: everything the tools print (for example pg_ctlcluster's
+# "Removed stale pid file.") goes to stderr, so "$(bash start_postgres.sh)" is the URL.
+exec 3>&1 1>&2
 ROLE=${ETL_PG_ROLE:-etl}
 PASSWORD=${ETL_PG_PASSWORD:-etl}
 DB=${ETL_PG_DB:-etl_test}
@@ -29,4 +32,4 @@ fi
 if [ "$(psql_su "-c \"SELECT 1 FROM pg_database WHERE datname='$DB'\"")" != "1" ]; then
   psql_su "-c \"CREATE DATABASE $DB OWNER $ROLE\""
 fi
-echo "postgresql://$ROLE:$PASSWORD@localhost:$PORT/$DB"
+echo "postgresql://$ROLE:$PASSWORD@localhost:$PORT/$DB" >&3
