@@ -4,7 +4,9 @@
 set -euo pipefail
 # Only the URL goes to stdout: everything the tools print (for example pg_ctlcluster's
 # "Removed stale pid file.") goes to stderr, so "$(bash start_postgres.sh)" is the URL.
-exec 3>&1 1>&2
+# No extra descriptor is opened on stdout: the postmaster would inherit it and keep the
+# caller's "$(...)" waiting forever.
+setup() {
 ROLE=${ETL_PG_ROLE:-etl}
 PASSWORD=${ETL_PG_PASSWORD:-etl}
 DB=${ETL_PG_DB:-etl_test}
@@ -19,7 +21,7 @@ if [ -z "${VERSION:-}" ]; then
   read -r VERSION CLUSTER PORT STATUS _ < <(pg_lsclusters --no-header | head -n 1)
 fi
 if [ "$STATUS" != "online" ]; then
-  pg_ctlcluster "$VERSION" "$CLUSTER" start
+  pg_ctlcluster "$VERSION" "$CLUSTER" start </dev/null
 fi
 for _ in $(seq 1 30); do
   pg_isready -q -p "$PORT" -h localhost && break
@@ -32,4 +34,7 @@ fi
 if [ "$(psql_su "-c \"SELECT 1 FROM pg_database WHERE datname='$DB'\"")" != "1" ]; then
   psql_su "-c \"CREATE DATABASE $DB OWNER $ROLE\""
 fi
-echo "postgresql://$ROLE:$PASSWORD@localhost:$PORT/$DB" >&3
+URL="postgresql://$ROLE:$PASSWORD@localhost:$PORT/$DB"
+}
+setup >&2
+echo "$URL"
