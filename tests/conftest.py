@@ -15,7 +15,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 import pytest
 import sqlalchemy as sa
 
-PG_URL = os.environ.get("ETL_TEST_PG_URL", "postgresql://etl:etl@localhost:5432/etl_test")
+# The last non-empty line of ETL_TEST_PG_URL: a start script that printed something
+# before the URL still gives the URL; an empty value gives the default.
+PG_URL = ([line.strip() for line in os.environ.get("ETL_TEST_PG_URL", "").splitlines() if line.strip()]
+          or ["postgresql://etl:etl@localhost:5432/etl_test"])[-1]
 
 
 def _free_port() -> int:
