@@ -84,3 +84,17 @@ def test_a_failed_run_exits_1_with_the_error_in_the_summary(tmp_path, orders_spe
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 1 and summary["status"] == "failed"
     assert "paid" in summary["error"] and "no_such_column" in summary["error"]
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, orders_spec):
+    """``etl-actors events X | head -1``: the first line, exit 0, nothing on stderr."""
+    log = f"sqlite:///{tmp_path}/events.db"
+    assert cli("run", str(orders_spec), "--local", "--log", log).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "etl_actors", "events", "cli-orders", "--log", log],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away while the events are still printing
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert json.loads(first)["type"] == "LeaseAcquired"
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
