@@ -3,13 +3,13 @@
 The public surface: :class:`Pipeline` to build and run pipelines, the plugin base
 classes to write sources, transforms and sinks, and the error types.
 """
-from .errors import ConcurrencyError, EtlError, SpecError, TerminalError, TransientError
+from .errors import ConcurrencyError, EtlError, SpecError, TerminalError, TransientError, UsageError
 from .sinks.base import Sink, SinkWriter
 from .sources.base import Source
 from .transforms.base import Transform
 
 __all__ = ["Pipeline", "Source", "Sink", "SinkWriter", "Transform", "EtlError", "SpecError",
-           "TerminalError", "TransientError", "ConcurrencyError", "run"]
+           "TerminalError", "TransientError", "UsageError", "ConcurrencyError", "run"]
 
 
 def __getattr__(name: str):

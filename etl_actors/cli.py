@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Sequence
 
-from .errors import EtlError, SpecError
+from .errors import EtlError, SpecError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -208,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except SpecError as exc:
         print(f"etl-actors: invalid spec: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"etl-actors: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except EtlError as exc:
         print(f"etl-actors: {exc}", file=sys.stderr)

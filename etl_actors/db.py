@@ -33,6 +33,12 @@ def redact(url: str | URL) -> str:
         return "<unparseable url>"
 
 
+def db_reason(exc: BaseException) -> str:
+    """The database's own message, first line: no statement, no parameters, no URL."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
 def _on_sqlite_connect(dbapi_connection, _record):
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

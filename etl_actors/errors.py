@@ -31,6 +31,11 @@ class TransientError(EtlError):
         super().__init__(message, retry_after=retry_after, **context)
 
 
+class UsageError(TerminalError):
+    """A command or call was given something it cannot use (an event log URL of an
+    unsupported kind, say): the CLI exits 2, as for an invalid spec."""
+
+
 class SpecError(TerminalError):
     """A pipeline spec is invalid. ``path`` names the offending key."""
 

@@ -31,8 +31,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .batch import DeadLetter, jsonable
-from .db import engine_for, is_postgres, redact
-from .errors import ConcurrencyError
+from .db import db_reason, engine_for, is_postgres, redact
+from .errors import ConcurrencyError, TransientError, UsageError
 from .events import Event, RecordedEvent, decode, encode
 
 # pg_advisory_xact_lock keys: one for every append, one for creating the tables.
@@ -89,9 +89,13 @@ class EventLog:
     """
 
     def __init__(self, url: str):
+        check_log_url(url)
         self.url = url
         self._engine = engine_for(url)
-        _ensure_tables(url, self._engine)
+        try:
+            _ensure_tables(url, self._engine)
+        except sa.exc.DBAPIError as exc:
+            raise TransientError(f"event log {redact(url)} is unreachable: {_scrub(db_reason(exc), url)}") from None
 
     def __repr__(self) -> str:
         return f"EventLog({redact(self.url)!r})"
@@ -229,6 +233,27 @@ class EventLog:
         return [RecordedEvent(row.position, row.stream, row.version,
                               decode(row.type, row.schema, row.payload), _epoch(row.recorded_at))
                 for row in rows]
+
+
+LOG_BACKENDS = ("sqlite", "postgresql")
+
+
+def check_log_url(url: str) -> None:
+    """Raise :class:`UsageError` unless ``url`` is a SQLite or PostgreSQL URL."""
+    try:
+        backend = sa.engine.make_url(url).get_backend_name()
+    except Exception:  # noqa: BLE001 - any parse failure is the same usage error
+        raise UsageError("event log URL cannot be parsed: expected sqlite:///path/events.db "
+                         "or postgresql://user:password@host/db") from None
+    if backend not in LOG_BACKENDS:
+        raise UsageError(f"event log {redact(url)}: {backend!r} is not supported; "
+                         f"expected sqlite:///path/events.db or postgresql://user:password@host/db")
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without the URL's password, should a driver ever echo it."""
+    password = sa.engine.make_url(url).password
+    return text.replace(password, "***") if password else text
 
 
 @contextmanager

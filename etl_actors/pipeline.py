@@ -16,7 +16,7 @@ import os
 from typing import Any, Mapping
 
 from .errors import SpecError
-from .eventlog import EventLog
+from .eventlog import EventLog, check_log_url
 from .projections import runs as runs_projection
 from .projections import watermarks as watermarks_projection
 from .spec import PipelineSpec, anchor_sqlite, parse, parse_file
@@ -27,8 +27,11 @@ SUPERVISOR_RETRIES = 3
 
 def resolve_log_url(log: str | None = None) -> str:
     """``log``, else ``$ETL_ACTORS_LOG``, else a SQLite file under ``./.etl_actors/``;
-    relative SQLite paths are made absolute so every actor opens the same file."""
-    return anchor_sqlite(log or os.environ.get("ETL_ACTORS_LOG") or DEFAULT_LOG, os.getcwd())
+    relative SQLite paths are made absolute so every actor opens the same file. Any
+    other kind of URL is a :class:`~etl_actors.errors.UsageError`."""
+    url = log or os.environ.get("ETL_ACTORS_LOG") or DEFAULT_LOG
+    check_log_url(url)
+    return anchor_sqlite(url, os.getcwd())
 
 
 def ensure_ray(**init_kwargs) -> None:
@@ -129,6 +132,7 @@ def run_on_ray(spec: PipelineSpec, log_url: str, trigger: str = "manual") -> dic
 def start_on_ray(spec: PipelineSpec, log_url: str):
     from .runtime.actors import start_supervisor
 
+    EventLog(log_url)  # an unreachable log is said here, before Ray or any actor starts
     ensure_ray()
     return start_supervisor(spec, log_url)
 

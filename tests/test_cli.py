@@ -98,3 +98,19 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, orders_spec):
     assert proc.wait(timeout=60) == 0, stderr
     assert json.loads(first)["type"] == "LeaseAcquired"
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+@pytest.mark.parametrize("command", ["status", "events", "dlq"])
+def test_an_event_log_of_an_unsupported_kind_is_a_usage_error(command):
+    out = cli(command, "cli-orders", "--log", "mysql://etl:hunter2-secret@db.example/etl")
+    assert out.returncode == 2
+    assert "'mysql' is not supported" in out.stderr and "sqlite:///" in out.stderr
+    assert "hunter2-secret" not in out.stderr + out.stdout and "Traceback" not in out.stderr
+
+
+def test_an_unreachable_event_log_fails_the_run_before_ray_starts(tmp_path, orders_spec):
+    """A closed port with a password in the URL: exit 1, the reason, never the password."""
+    out = cli("run", str(orders_spec), "--json", "--log", "postgresql://etl:hunter2-secret@127.0.0.1:1/etl")
+    assert out.returncode == 1
+    assert "is unreachable" in out.stderr and "127.0.0.1:1" in out.stderr and "refused" in out.stderr
+    assert "hunter2-secret" not in out.stderr + out.stdout and "Traceback" not in out.stderr

@@ -11,9 +11,10 @@ from datetime import date
 from typing import ClassVar
 
 import pytest
+import sqlalchemy as sa
 
 from etl_actors.batch import DeadLetter
-from etl_actors.errors import ConcurrencyError
+from etl_actors.errors import ConcurrencyError, TransientError, UsageError
 from etl_actors.eventlog import EventLog
 from etl_actors.events import (BatchLoaded, Event, PhaseStarted, RunStarted, UnknownEvent,
                                upcaster)
@@ -209,6 +210,19 @@ def test_repr_hides_the_password(pg_schema):
     log = EventLog(pg_schema)
     assert log.url == pg_schema
     assert "etl:***@" in repr(log) and "etl:etl@" not in repr(log)
+
+
+def test_a_wrong_password_is_said_without_the_password(pg_schema):
+    url = sa.engine.make_url(pg_schema).set(password="not-the-password-42").render_as_string(hide_password=False)
+    with pytest.raises(TransientError) as caught:
+        EventLog(url)
+    assert "password authentication failed" in str(caught.value)
+    assert "not-the-password-42" not in str(caught.value) and "etl:***@" in str(caught.value)
+
+
+def test_only_sqlite_and_postgresql_logs_are_accepted():
+    with pytest.raises(UsageError, match="'mysql' is not supported"):
+        EventLog("mysql://etl:pw@localhost/etl")
 
 
 class TestSqliteEventLog(EventLogContract):

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..batch import DeadLetter, LoadResult, jsonable
-from ..db import engine_for, is_postgres, redact
+from ..db import db_reason, engine_for, is_postgres, redact
 from ..errors import EtlError, SpecError, TerminalError, TransientError
 from .base import Sink, SinkWriter
 
@@ -220,7 +220,7 @@ class DatabaseWriter(SinkWriter):
             except sa.exc.DBAPIError as exc:
                 if self._classify(exc) != "rows":
                     raise
-                dead.append(DeadLetter(f"{self.sink.table}: {_reason(exc)}", jsonable(row)))
+                dead.append(DeadLetter(f"{self.sink.table}: {db_reason(exc)}", jsonable(row)))
         return LoadResult(loaded=rows.num_rows - len(dead), failed=len(dead), dead_letters=tuple(dead))
 
     def _upsert(self, conn, target: sa.Table, rows: pa.Table) -> None:
@@ -379,7 +379,7 @@ class DatabaseWriter(SinkWriter):
         if not isinstance(exc, (sa.exc.DBAPIError, self.engine.dialect.dbapi.Error)):
             return exc
         where = f"batch {batch_id!r} to table {self.sink.table!r}" if batch_id else f"table {self.sink.table!r}"
-        message = f"cannot write {where}: {_reason(exc)}"
+        message = f"cannot write {where}: {db_reason(exc)}"
         kind = TransientError if problem == "connection" else TerminalError
         return kind(message, table=self.sink.table, batch_id=batch_id)
 
@@ -397,12 +397,6 @@ class DatabaseWriter(SinkWriter):
     def _quoted(self, name: str) -> str:
         quoted = self._prep.quote(name)
         return f"{self._prep.quote_schema(self.sink.schema)}.{quoted}" if self.sink.schema else quoted
-
-
-def _reason(exc: BaseException) -> str:
-    """The database's own message, first line: no statement, no URL."""
-    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def _chunks(table: pa.Table, size: int):

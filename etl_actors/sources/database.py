@@ -33,7 +33,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from ..batch import SourceBatch, jsonable
-from ..db import engine_for, redact
+from ..db import db_reason, engine_for, redact
 from ..errors import SpecError, TerminalError, TransientError
 from .base import Source
 
@@ -163,9 +163,9 @@ class DatabaseSource(Source):
                 result = streaming.execute(sa.text(sql), params)
                 yield from _Batches(self, list(result.keys()), _hinted_types(conn, result)).run(result, incoming)
         except sa.exc.OperationalError as exc:
-            raise TransientError(f"database source: {_reason(exc)}", partition=partition) from None
+            raise TransientError(f"database source: {db_reason(exc)}", partition=partition) from None
         except sa.exc.DBAPIError as exc:
-            raise TerminalError(f"database source: {_reason(exc)}", partition=partition) from None
+            raise TerminalError(f"database source: {db_reason(exc)}", partition=partition) from None
 
     def sql(self, dialect) -> str:
         """The statement this source runs, with ``:watermark`` when incremental."""
@@ -224,12 +224,6 @@ def shift(value: Any, lookback: float | timedelta | None) -> Any:
     if isinstance(lookback, (int, float)) and isinstance(value, (int, float)):
         return value - lookback
     raise TerminalError(f"lookback {lookback!r} does not apply to cursor value {value!r}")
-
-
-def _reason(exc: sa.exc.DBAPIError) -> str:
-    """The database's own message, first line: no statement, no URL."""
-    text = str(exc.orig) if exc.orig is not None else type(exc).__name__
-    return (text.strip().splitlines() or [type(exc.orig).__name__])[0]
 
 
 def _hinted_types(conn, result) -> dict[str, pa.DataType]:
