@@ -114,3 +114,17 @@ def test_an_unreachable_event_log_fails_the_run_before_ray_starts(tmp_path, orde
     assert out.returncode == 1
     assert "is unreachable" in out.stderr and "127.0.0.1:1" in out.stderr and "refused" in out.stderr
     assert "hunter2-secret" not in out.stderr + out.stdout and "Traceback" not in out.stderr
+
+
+def test_a_missing_source_folder_is_a_failed_run_with_its_reason(tmp_path, orders_spec):
+    spec = yaml.safe_load(orders_spec.read_text())
+    spec["pipeline"]["source"]["path"] = "no-such-folder/*.csv"
+    path = tmp_path / "missing.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    log = f"sqlite:///{tmp_path}/events.db"
+    out = cli("run", str(path), "--local", "--json", "--log", log)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 1 and summary["status"] == "failed" and summary["recordsExtracted"] == 0
+    assert "no such file or folder" in summary["error"] and "no-such-folder" in summary["error"]
+    status = json.loads(cli("status", "cli-orders", "--log", log, "--json").stdout)
+    assert status["runs"] == 1 and status["lastRun"]["status"] == "failed"

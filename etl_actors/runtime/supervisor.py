@@ -191,13 +191,14 @@ class _Run:
         """Start the children, then the clock: ``RunStarted`` is appended once every
         child is up, so a run's duration is its work, not its actors' start-up."""
         sup, spec = self.sup, self.spec
-        partitions = spec.source.partitions(sup.watermarks)
-        sizes = [spec.source.estimate_bytes(p) for p in partitions]
-        total = sum(sizes) if partitions and all(s is not None for s in sizes) else None
         sup.append(ev.RunRequested(pipeline=spec.name, run_id=self.run_id, trigger=self.trigger))
         started = ev.RunStarted(pipeline=spec.name, run_id=self.run_id, epoch=sup.epoch,
-                                watermark=dict(sup.watermarks), partitions=list(partitions), total_bytes=total)
-        try:
+                                watermark=dict(sup.watermarks), partitions=[], total_bytes=None)
+        try:  # listing the source may fail too (a missing folder): that is a failed run
+            partitions = spec.source.partitions(sup.watermarks)
+            sizes = [spec.source.estimate_bytes(p) for p in partitions]
+            total = sum(sizes) if partitions and all(s is not None for s in sizes) else None
+            started = ev.RunStarted(**{**vars(started), "partitions": list(partitions), "total_bytes": total})
             await self._start_children(len(partitions))
             sup.append(ev.RunStarted(**{**vars(started), "at": ev.now()}))
             await self._execute(partitions)
