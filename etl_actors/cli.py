@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
 from typing import Sequence
 
-from .errors import EtlError, SpecError, UsageError
+from .errors import EtlError, RunInterrupted, SpecError, UsageError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,9 +84,12 @@ def _cmd_run(args) -> int:
     bar = _ProgressBar(pipeline.name, log_url) if sys.stderr.isatty() else None
     if bar:
         bar.start()
+    interrupted = False
     try:
         with pipeline:
             result = pipeline.run(log=log_url, runtime="local" if args.local else "ray", reset=args.reset)
+    except RunInterrupted as exc:  # Ctrl-C: stopped after the batches in flight; say how far it got
+        result, interrupted = exc.summary, True
     finally:
         if bar:
             bar.close()
@@ -93,6 +97,8 @@ def _cmd_run(args) -> int:
         _print_json(result)
     else:
         _print_summary(result)
+    if interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_OK if result["status"] == "success" else EXIT_FAILED
 
 
@@ -219,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"etl-actors: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def entry() -> None:
@@ -231,7 +237,19 @@ def entry() -> None:
         # and the rest is not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    _shutdown_ray()
     raise SystemExit(code)
+
+
+def _shutdown_ray() -> None:
+    """Stop the Ray connection (and the local Ray this command started) with Ctrl-C
+    ignored: the run is over and in the log, and a Ctrl-C now would only interrupt
+    Ray's exit hook with a traceback."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,15 @@ class UsageError(TerminalError):
     unsupported kind, say): the CLI exits 2, as for an invalid spec."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the run was stopped after its batches in flight were
+    committed, and ``summary`` is its (failed) run summary. A rerun resumes from there."""
+
+    def __init__(self, summary: dict):
+        super().__init__(summary.get("error", "interrupted"))
+        self.summary = summary
+
+
 class SpecError(TerminalError):
     """A pipeline spec is invalid. ``path`` names the offending key."""
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import uuid
 from typing import Any, Mapping
 
-from .errors import SpecError
+from .errors import RunInterrupted, SpecError
 from .eventlog import EventLog, check_log_url
 from .projections import runs as runs_projection
 from .projections import watermarks as watermarks_projection
@@ -23,6 +25,7 @@ from .spec import PipelineSpec, anchor_sqlite, parse, parse_file
 
 DEFAULT_LOG = "sqlite:///.etl_actors/events.db"
 SUPERVISOR_RETRIES = 3
+STOP_GRACE_S = 60.0
 
 
 def resolve_log_url(log: str | None = None) -> str:
@@ -117,7 +120,14 @@ def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: 
     from .runtime.local import LocalChildren
     from .runtime.supervisor import PipelineSupervisor
 
-    return asyncio.run(PipelineSupervisor(spec, log_url, LocalChildren).run(trigger, reset=reset))
+    run_id = uuid.uuid4().hex[:12]
+    try:
+        return asyncio.run(PipelineSupervisor(spec, log_url, LocalChildren).run(trigger, run_id, reset))
+    except KeyboardInterrupt:  # the run was cancelled and recorded as failed: say how far it got
+        last = pipeline_status(spec.name, log_url, spec)["lastRun"]
+        if last is None or last["runId"] != run_id:
+            raise
+        raise RunInterrupted(last) from None
 
 
 def run_on_ray(spec: PipelineSpec, log_url: str, trigger: str = "manual") -> dict:
@@ -144,11 +154,32 @@ def run_supervised(supervisor, trigger: str = "manual", reset: bool = False) -> 
     from ray.exceptions import RayActorError
 
     for attempt in range(SUPERVISOR_RETRIES + 1):
+        run = supervisor.run.remote(trigger, None, reset and attempt == 0)
         try:
-            return ray.get(supervisor.run.remote(trigger, None, reset and attempt == 0))
+            return ray.get(run)
         except RayActorError:
             if attempt == SUPERVISOR_RETRIES:
                 raise
+        except KeyboardInterrupt:
+            raise RunInterrupted(_stop_gracefully(supervisor, run)) from None
+
+
+def _stop_gracefully(supervisor, run) -> dict:
+    """After a Ctrl-C: ask the supervisor to stop once the batches in flight are
+    committed, and wait for the run's summary. A second Ctrl-C (or a supervisor that
+    does not answer in time) gives up on it at once: the run then ends with the driver
+    and is recorded as interrupted when the pipeline next starts."""
+    import ray
+
+    print("etl-actors: interrupted: stopping after the batches in flight (Ctrl-C again to abandon them)",
+          file=sys.stderr, flush=True)
+    try:
+        ray.get(supervisor.stop.remote("interrupted (Ctrl-C)"), timeout=STOP_GRACE_S)
+        return ray.get(run, timeout=STOP_GRACE_S)
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # noqa: BLE001 - any failure to stop cleanly is a plain interrupt
+        raise KeyboardInterrupt from None
 
 
 def stop_supervisor(supervisor) -> None:

@@ -128,3 +128,45 @@ def test_a_missing_source_folder_is_a_failed_run_with_its_reason(tmp_path, order
     assert "no such file or folder" in summary["error"] and "no-such-folder" in summary["error"]
     status = json.loads(cli("status", "cli-orders", "--log", log, "--json").stdout)
     assert status["runs"] == 1 and status["lastRun"]["status"] == "failed"
+
+
+def test_ctrl_c_of_a_local_run_says_how_far_it_got_and_the_rerun_finishes(tmp_path):
+    import signal
+    import sqlite3
+    import time
+
+    from etl_actors.eventlog import EventLog
+
+    rows = 200_000
+    (tmp_path / "in").mkdir()
+    with open(tmp_path / "in" / "big.csv", "w") as f:
+        f.write("id,amount\n" + "".join(f"{i},{i % 97}\n" for i in range(rows)))
+    spec = {"name": "cli-ctrl-c", "pipeline": {
+        "source": {"type": "file", "path": "in", "format": "csv", "batchSize": 1000},
+        "destination": {"type": "database", "connection": "sqlite:///wh.db", "table": "t",
+                        "mode": "upsert", "keyFields": ["id"]}}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    log = f"sqlite:///{tmp_path}/events.db"
+    command = [sys.executable, "-m", "etl_actors", "run", str(path), "--local", "--json", "--log", log]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if (tmp_path / "events.db").exists() and sum(
+                1 for r in EventLog(log).read("pipeline:cli-ctrl-c") if r.type == "BatchLoaded") >= 3:
+            break
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGINT)
+    stdout, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and b"Traceback" not in stderr, stderr.decode()[-2000:]
+    summary = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert summary["status"] == "failed" and summary["error"].startswith("interrupted (Ctrl-C)")
+    assert 0 < summary["recordsLoaded"] < rows
+
+    rerun = cli("run", str(path), "--local", "--json", "--log", log)
+    assert rerun.returncode == 0, rerun.stderr
+    resumed = json.loads(rerun.stdout.strip().splitlines()[-1])["recordsExtracted"]
+    assert rows - summary["recordsLoaded"] <= resumed < rows      # from the committed offset, not the start
+    with sqlite3.connect(tmp_path / "wh.db") as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id), sum(amount) FROM t").fetchone() == (
+            rows, rows, sum(i % 97 for i in range(rows)))

@@ -230,8 +230,8 @@ class SupervisorActor:
         return self.supervisor.status()
 
     @ray.method(concurrency_group="control")
-    async def stop(self) -> None:
-        self.supervisor.stop()
+    async def stop(self, reason: str = "stopped on request") -> None:
+        self.supervisor.stop(reason)
 
     async def shutdown(self) -> None:
         """End the children (the driver then kills this actor)."""

@@ -89,7 +89,7 @@ class PipelineSupervisor:
         self.log = EventLog(log_url)
         self.log_url = log_url
         self.children = children_factory(spec, log_url)   # kept warm between runs
-        self._stopping = False
+        self._stopping, self._stop_reason = False, "stopped on request"
         self._current: str | None = None
         self.recover()
 
@@ -141,9 +141,11 @@ class PipelineSupervisor:
                 "watermark": self.spec.source.view_watermark(self.watermarks),
                 "lastRun": runs_projection.summary(last, self.spec.source.view_watermark) if last else None}
 
-    def stop(self) -> None:
-        """Finish the batches in flight, then end the run without reading more."""
+    def stop(self, reason: str = "stopped on request") -> None:
+        """Finish the batches in flight, then end the run without reading more; the run
+        fails with ``reason``."""
         self._stopping = True
+        self._stop_reason = reason
 
     async def shutdown(self) -> None:
         await self.children.shutdown()
@@ -236,7 +238,7 @@ class _Run:
                               for p, pos in self.last_loaded.items()])
         if self.sup._stopping:
             self.sup._stopping = False
-            raise EtlError("stopped on request after the batches in flight were committed")
+            raise EtlError(f"{self.sup._stop_reason}: ended after the batches in flight were committed")
         self.sup.append(ev.RunSucceeded(run_id=self.run_id, metrics=self._metrics()))
 
     def _metrics(self) -> dict:
@@ -413,7 +415,10 @@ class _Run:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         if isinstance(exc, ConcurrencyError):
             return  # fenced out: another supervisor owns the stream now; it records the end
-        message = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, asyncio.CancelledError):  # the local runner's Ctrl-C
+            message = "interrupted (Ctrl-C): the batches in flight were abandoned"
+        else:
+            message = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
         try:
             self.sup.append(ev.RunFailed(run_id=self.run_id, error=message or type(exc).__name__,
                                          metrics=self._metrics()))

@@ -1,5 +1,6 @@
 """Kill the loader, the extractor or the whole driver mid-run, rerun, and compare the
 destination with the source: none missing, none twice, watermarks never backwards."""
+import json
 import os
 import signal
 import subprocess
@@ -62,27 +63,34 @@ def test_a_killed_child_is_replaced_and_the_destination_equals_the_source(ray_lo
     assert cursors == sorted(cursors, key=lambda p: p["cursor"])
 
 
-def test_sigkill_of_the_driver_then_a_rerun_loses_nothing_and_doubles_nothing(ray_local, tmp_path, uniq):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_a_killed_or_interrupted_driver_then_a_rerun_loses_nothing_and_doubles_nothing(ray_local, tmp_path, uniq, sig):
     src, dst, log = (f"sqlite:///{tmp_path}/{n}.db" for n in ("crm", "wh", "events"))
     crm.create(src, ROWS)
-    name = f"sigkill-{uniq}"
+    name = f"sig{int(sig)}-{uniq}"
     spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(crm.spec(name, src, dst, mode="insert", batch_size=100, maxInFlight=2)))
+    batch_size = 100 if sig == signal.SIGKILL else 20   # Ctrl-C must land before the run ends
+    spec_path.write_text(yaml.safe_dump(crm.spec(name, src, dst, mode="insert", batch_size=batch_size, maxInFlight=2)))
     env = {**os.environ, "RAY_ADDRESS": ray_local.address_info["address"]}
     cli = [sys.executable, "-m", "etl_actors", "run", str(spec_path), "--log", log, "--json"]
     driver = subprocess.Popen(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 90
     while len(committed_cursors(log, f"pipeline:{name}")) < 5 and time.time() < deadline:
         time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    driver.send_signal(sig)
+    stdout, stderr = driver.communicate(timeout=90)
+    if sig == signal.SIGINT:   # Ctrl-C: stops after the batches in flight, says so, exit 130
+        assert driver.returncode == 130 and b"Traceback" not in stderr, stderr.decode()[-2000:]
+        summary = json.loads(stdout.decode().strip().splitlines()[-1])
+        assert summary["status"] == "failed" and summary["error"].startswith("interrupted (Ctrl-C)")
+        assert 0 < summary["recordsLoaded"] < ROWS
     partial = len(crm.dest_rows(dst))
     assert 0 < partial < ROWS
     rerun = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=180)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert crm.dest_rows(dst) == crm.source_rows(src)
     failed = [r.event.error for r in EventLog(log).read(f"pipeline:{name}") if isinstance(r.event, ev.RunFailed)]
-    assert len(failed) == 1 and failed[0].startswith("interrupted")
+    assert len(failed) == 1 and failed[0].startswith("interrupted")     # by the rerun, or by Ctrl-C
     cursors = committed_cursors(log, f"pipeline:{name}")       # across both runs
     assert cursors == sorted(cursors, key=lambda p: p["cursor"])
 
