@@ -167,9 +167,11 @@ class _ProgressBar:
 
     def __init__(self, pipeline: str, log_url: str):
         from .eventlog import EventLog
+        from .projections import progress
 
         self.log = EventLog(log_url)
         self.stream = f"pipeline:{pipeline}"
+        self.state, self.position = progress.Progress(), self.log.last_position()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._follow, daemon=True)
 
@@ -177,21 +179,30 @@ class _ProgressBar:
         self.thread.start()
 
     def close(self) -> None:
+        """Stop following, then draw the run's last state (its final events may have
+        come after the last poll)."""
         self.stop.set()
         self.thread.join(timeout=2)
+        if not self.thread.is_alive():
+            try:
+                self._apply(self.log.read_all(self.position, stream_prefix=self.stream))
+            except Exception:  # noqa: BLE001 - the bar is cosmetic; the run decides the outcome
+                pass
         sys.stderr.write("\n")
 
     def _follow(self) -> None:
-        from .projections import progress
-
-        state = progress.Progress()
-        start = self.log.last_position()
         try:
-            for rec in self.log.follow(start, poll_interval=0.25, stop=self.stop, stream_prefix=self.stream):
-                state = progress.evolve(state, rec)
-                self._draw(state)
+            self._apply(self.log.follow(self.position, poll_interval=0.25, stop=self.stop,
+                                        stream_prefix=self.stream))
         except Exception:  # noqa: BLE001 - the bar is cosmetic; the run decides the outcome
             return
+
+    def _apply(self, recorded) -> None:
+        from .projections import progress
+
+        for rec in recorded:
+            self.state, self.position = progress.evolve(self.state, rec), rec.position
+            self._draw(self.state)
 
     def _draw(self, state) -> None:
         width = 30

@@ -170,3 +170,26 @@ def test_ctrl_c_of_a_local_run_says_how_far_it_got_and_the_rerun_finishes(tmp_pa
     with sqlite3.connect(tmp_path / "wh.db") as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT id), sum(amount) FROM t").fetchone() == (
             rows, rows, sum(i % 97 for i in range(rows)))
+
+
+def test_on_a_terminal_the_progress_bar_ends_at_the_runs_last_state(tmp_path, orders_spec):
+    import os
+    import pty
+
+    main, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "etl_actors", "run", str(orders_spec), "--local",
+                             "--log", f"sqlite:///{tmp_path}/events.db"],
+                            stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    assert proc.wait(timeout=60) == 0
+    frames = [f for f in drawn.decode().replace("\n", "\r").split("\r") if f.startswith("[")]
+    assert frames and "100.0% done" in frames[-1] and " 4 in " in frames[-1] and " 2 out " in frames[-1]
