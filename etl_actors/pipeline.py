@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import uuid
 from typing import Any, Mapping
 
-from .errors import RunInterrupted, SpecError
+from .errors import EtlError, RunInterrupted, SpecError
 from .eventlog import EventLog, check_log_url
 from .projections import runs as runs_projection
 from .projections import watermarks as watermarks_projection
@@ -44,11 +45,27 @@ def ensure_ray(**init_kwargs) -> None:
 
     if ray.is_initialized():
         return
+    check_ray_address(init_kwargs.get("address") or os.environ.get("RAY_ADDRESS"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     init_kwargs.setdefault("namespace", "etl_actors")
     init_kwargs.setdefault("log_to_driver", False)
     init_kwargs.setdefault("configure_logging", False)
     ray.init(**init_kwargs)
+
+
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast, in one line, when ``address`` (``host:port`` or ``ray://host:port``)
+    does not answer: ``ray.init`` would retry for minutes before saying so."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port; leave it to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise EtlError(f"cannot reach the Ray cluster at {address} (RAY_ADDRESS): "
+                       f"{exc.strerror or type(exc).__name__}") from None
 
 
 class Pipeline:

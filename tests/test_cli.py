@@ -193,3 +193,16 @@ def test_on_a_terminal_the_progress_bar_ends_at_the_runs_last_state(tmp_path, or
     assert proc.wait(timeout=60) == 0
     frames = [f for f in drawn.decode().replace("\n", "\r").split("\r") if f.startswith("[")]
     assert frames and "100.0% done" in frames[-1] and " 4 in " in frames[-1] and " 2 out " in frames[-1]
+
+
+def test_a_ray_address_that_does_not_answer_fails_in_one_line(tmp_path, orders_spec):
+    import os
+    import socket
+
+    with socket.socket() as sock:   # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    out = cli("run", str(orders_spec), "--log", f"sqlite:///{tmp_path}/events.db", env=env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port} (RAY_ADDRESS)" in out.stderr
