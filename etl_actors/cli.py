@@ -66,7 +66,13 @@ def _print_json(data) -> None:
 def _cmd_validate(args) -> int:
     from .spec import parse_file
 
-    spec = parse_file(args.spec)
+    try:
+        spec = parse_file(args.spec)
+    except SpecError as exc:
+        if args.json:  # the same errors, for scripts: {"valid": false, "errors": [{"path", "message"}]}
+            _print_json({"valid": False, "errors": [{"path": e.path, "message": e.reason}
+                                                    for e in getattr(exc, "errors", [exc])]})
+        raise
     if args.json:
         _print_json({"valid": True, "pipeline": spec.name, "digest": spec.digest})
     else:
@@ -224,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except SpecError as exc:
-        print(f"etl-actors: invalid spec: {exc}", file=sys.stderr)
+        for error in getattr(exc, "errors", [exc]):
+            print(f"etl-actors: invalid spec: {error}", file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:
         print(f"etl-actors: {exc}", file=sys.stderr)

@@ -53,12 +53,13 @@ class SpecError(TerminalError):
         self.reason = message
 
 
-class SpecErrors(TerminalError):
-    """Several spec errors found in one validation pass."""
+class SpecErrors(SpecError):
+    """Several spec errors found in one validation pass; ``errors`` lists them and
+    ``path`` is the first one's."""
 
     def __init__(self, errors: list[SpecError]):
-        super().__init__("\n".join(str(e) for e in errors))
-        self.errors = errors
+        super().__init__("", "\n".join(str(e) for e in errors))
+        self.path, self.errors = errors[0].path, errors
 
 
 class ConcurrencyError(EtlError):

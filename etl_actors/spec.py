@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from .errors import SpecError
+from .errors import SpecError, SpecErrors
 
 REQUIRED = object()
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -313,22 +313,46 @@ def build_plugin(kind: str, section: Section, ctx: SpecContext) -> Any:
     return cls.from_spec(section, ctx)
 
 
-def _pipeline_body(root: Section, ctx: SpecContext) -> tuple[Any, tuple, Any, Section | None]:
+class _Collected:
+    """Spec errors gathered across independent parts (the source, each step, the
+    destination, ...), so one ``validate`` names every one of them."""
+
+    def __init__(self):
+        self.errors: list[SpecError] = []
+
+    def __call__(self, build, *args):
+        try:
+            return build(*args)
+        except SpecErrors as exc:
+            self.errors.extend(exc.errors)
+        except SpecError as exc:
+            self.errors.append(exc)
+        return None
+
+    def raise_any(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise SpecErrors(self.errors)
+
+
+def _pipeline_body(root: Section, ctx: SpecContext,
+                   collect: _Collected) -> tuple[Any, tuple, Any, Section | None]:
     if root.has("pipeline"):
         body = root.section("pipeline")
-        source = build_plugin("source", body.section("source"), ctx)
-        steps = _transformations(body, "transformations", ctx)
-        destination = build_plugin("sink", body.section("destination"), ctx)
+        source = collect(build_plugin, "source", body.section("source"), ctx)
+        steps = _transformations(body, "transformations", ctx, collect)
+        destination = collect(build_plugin, "sink", body.section("destination"), ctx)
         return source, steps, destination, body
     if root.has("batch"):
         body = root.section("batch")
-        source = build_plugin("source", body.section("source"), ctx)
+        source = collect(build_plugin, "source", body.section("source"), ctx)
         processing = body.section("processing", None)
         steps: tuple = ()
         if processing is not None:
-            steps = _transformations(processing, "transformations", ctx)
-            processing.done(("chunk_size", "parallelism", "max_in_flight", "extractors", "num_cpus"))
-        destination = build_plugin("sink", body.section("destination"), ctx)
+            steps = _transformations(processing, "transformations", ctx, collect)
+            collect(processing.done, ("chunk_size", "parallelism", "max_in_flight", "extractors", "num_cpus"))
+        destination = collect(build_plugin, "sink", body.section("destination"), ctx)
         return source, steps, destination, processing if processing is not None else body
     for other in ("stream", "validation"):
         if root.has(other):
@@ -336,13 +360,15 @@ def _pipeline_body(root: Section, ctx: SpecContext) -> tuple[Any, tuple, Any, Se
     raise SpecError("pipeline", "is required (a spec declares 'pipeline' or 'batch')")
 
 
-def _transformations(section: Section, name: str, ctx: SpecContext) -> tuple[Any, ...]:
-    steps = [build_plugin("transform", s, ctx) for s in section.sections(name, [])]
+def _transformations(section: Section, name: str, ctx: SpecContext, collect: _Collected) -> tuple[Any, ...]:
+    steps = [collect(build_plugin, "transform", s, ctx) for s in (collect(section.sections, name, []) or [])]
     seen: dict[str, int] = {}
     for i, step in enumerate(steps):
-        if step.id in seen:
-            raise SpecError(f"{section.at(name)}[{i}].id", f"duplicate step id {step.id!r} (also at [{seen[step.id]}])")
-        seen[step.id] = i
+        if step is not None and step.id in seen:
+            collect.errors.append(SpecError(f"{section.at(name)}[{i}].id",
+                                            f"duplicate step id {step.id!r} (also at [{seen[step.id]}])"))
+        elif step is not None:
+            seen[step.id] = i
     return tuple(steps)
 
 
@@ -352,15 +378,17 @@ def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
     name = root.get("name", types=str, check=lambda v: None if _NAME.match(v) else
                     f"{v!r} is not a valid pipeline name (letters, digits, '.', '_', '-'; 128 at most)")
     ctx = SpecContext(connections=_connections(root), base_dir=base_dir)
-    source, steps, destination, body = _pipeline_body(root, ctx)
-    runtime = _runtime(root.section("runtime")) if root.has("runtime") else RuntimeOptions()
+    collect = _Collected()
+    source, steps, destination, body = _pipeline_body(root, ctx, collect)
+    runtime = collect(_runtime, root.section("runtime")) if root.has("runtime") else RuntimeOptions()
     if body is not None and (body.has("parallelism") or body.has("max_in_flight") or body.has("extractors")):
-        runtime = _runtime(body)
-    body and body.done(("source", "transformations", "destination", "chunk_size",
-                        "parallelism", "max_in_flight", "extractors", "num_cpus", "max_child_restarts"))
-    schedule = root.get("schedule", None, types=dict)
-    pricing = root.get("pricing", None, types=dict)
-    root.done(("version", "description", "metadata", "pipeline", "batch"))
+        runtime = collect(_runtime, body)
+    body and collect(body.done, ("source", "transformations", "destination", "chunk_size", "parallelism",
+                                 "max_in_flight", "extractors", "num_cpus", "max_child_restarts"))
+    schedule = collect(lambda: root.get("schedule", None, types=dict))
+    pricing = collect(lambda: root.get("pricing", None, types=dict))
+    collect(root.done, ("version", "description", "metadata", "pipeline", "batch"))
+    collect.raise_any()
     return PipelineSpec(name=name, source=source, transformations=steps, destination=destination,
                         runtime=runtime, schedule=schedule, pricing=pricing, digest=_digest(data), raw=data)
 

@@ -206,3 +206,23 @@ def test_a_ray_address_that_does_not_answer_fails_in_one_line(tmp_path, orders_s
     out = cli("run", str(orders_spec), "--log", f"sqlite:///{tmp_path}/events.db", env=env)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port} (RAY_ADDRESS)" in out.stderr
+
+
+def test_validate_names_every_error_of_a_spec_at_once(tmp_path, orders_spec):
+    spec = yaml.safe_load(orders_spec.read_text())
+    spec["pipeline"]["source"]["batchsize"] = 10                       # misspelled key
+    spec["pipeline"]["transformations"][0]["type"] = "mapp"            # unknown step type
+    spec["pipeline"]["destination"]["mode"] = "upsrt"                  # bad choice
+    path = tmp_path / "three.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    paths = ["pipeline.source.batchsize", "pipeline.transformations[0].type", "pipeline.destination.mode"]
+
+    out = cli("validate", str(path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert [line.split(": ")[2] for line in out.stderr.splitlines()] == paths
+
+    out = cli("validate", str(path), "--json")
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 2 and report["valid"] is False
+    assert [e["path"] for e in report["errors"]] == paths
+    assert "'upsrt' is not one of insert, upsert, replace" in report["errors"][2]["message"]
