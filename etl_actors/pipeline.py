@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import sys
 import uuid
@@ -56,11 +57,10 @@ def ensure_ray(**init_kwargs) -> None:
 def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     """Fail fast, in one line, when ``address`` (``host:port`` or ``ray://host:port``)
     does not answer: ``ray.init`` would retry for minutes before saying so."""
-    if not address or address in ("auto", "local"):
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return  # not host:port; leave it to Ray
+    match = re.fullmatch(r"(?:ray://)?([\w.\-]+):(\d+)", address or "")
+    if match is None:
+        return  # not host:port ("auto", "local", ...): leave it to Ray
+    host, port = match.groups()
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
