@@ -134,12 +134,14 @@ class Pipeline:
 
 
 def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: bool = False) -> dict:
+    from .logs import RunLogger
     from .runtime.local import LocalChildren
     from .runtime.supervisor import PipelineSupervisor
 
     run_id = uuid.uuid4().hex[:12]
     try:
-        return asyncio.run(PipelineSupervisor(spec, log_url, LocalChildren).run(trigger, run_id, reset))
+        supervisor = PipelineSupervisor(spec, log_url, LocalChildren, listeners=[RunLogger(spec.name, "warning")])
+        return asyncio.run(supervisor.run(trigger, run_id, reset))
     except KeyboardInterrupt:  # the run was cancelled and recorded as failed: say how far it got
         last = pipeline_status(spec.name, log_url, spec)["lastRun"]
         if last is None or last["runId"] != run_id:

@@ -19,6 +19,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from ..logs import RunLogger
 from ..spec import PipelineSpec
 from .stages import Extractor, Loader, Transformer
 from .supervisor import ChildLost, PipelineSupervisor
@@ -217,7 +218,8 @@ class SupervisorActor:
     and a retried ``run`` resumes from the committed watermark."""
 
     def __init__(self, spec: PipelineSpec, log_url: str):
-        self.supervisor = PipelineSupervisor(spec, log_url, RayChildren, listeners=[PipelineMetrics(spec.name)])
+        self.supervisor = PipelineSupervisor(spec, log_url, RayChildren,
+                                             listeners=[PipelineMetrics(spec.name), RunLogger(spec.name)])
 
     def __repr__(self) -> str:
         return repr(self.supervisor)

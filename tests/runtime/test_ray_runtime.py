@@ -31,6 +31,23 @@ def test_runs_on_ray_and_loads_every_row(ray_local, tmp_path, uniq):
     assert result["watermark"] == {"a": {"rows": 40, "done": True}}
 
 
+def test_the_supervisors_log_in_the_ray_session_says_how_the_run_went(ray_local, tmp_path, uniq):
+    """What the dashboard's Logs view shows for the supervisor actor: its start and end."""
+    from pathlib import Path
+
+    name = f"logs-{uniq}"
+    result = run_on_ray(make_spec(name, tmp_path / "out"), f"sqlite:///{tmp_path}/events.db")
+    lines = []
+    deadline = time.time() + 10   # worker output reaches its file asynchronously
+    while time.time() < deadline and not any("run succeeded" in line for line in lines):
+        logs = Path(ray_local.address_info["session_dir"]) / "logs"
+        lines = [line for f in logs.glob("worker-*.err") for line in f.read_text(errors="replace").splitlines()
+                 if f"pipeline='{name}'" in line]
+        time.sleep(0.2)
+    assert any("event='run started'" in line and f"run_id='{result['runId']}'" in line for line in lines), lines
+    assert any("event='run succeeded'" in line and "recordsLoaded=40" in line for line in lines), lines
+
+
 def test_killed_loader_is_recreated_and_the_run_completes(ray_local, tmp_path, uniq):
     name = f"kill-{uniq}"
     spec = make_spec(name, tmp_path / "out", batch_size=1, max_in_flight=1)
