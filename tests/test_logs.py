@@ -11,13 +11,21 @@ RUN = [ev.RunStarted(pipeline="orders", run_id="r1", epoch=1, watermark={}, part
                     metrics={"recordsExtracted": 10, "recordsLoaded": 4, "durationMs": 12.5})]
 
 
-def test_info_lines_tell_the_run_from_start_to_end(capsys, monkeypatch):
-    monkeypatch.delenv("ETL_ACTORS_LOG_LEVEL", raising=False)
-    monkeypatch.setenv("ETL_ACTORS_LOG_FORMAT", "json")
+def logged(capsys, monkeypatch, level: str | None, fmt: str | None) -> list[str]:
+    """The stderr lines of a RunLogger fed ``RUN`` under these settings."""
+    for name, value in (("ETL_ACTORS_LOG_LEVEL", level), ("ETL_ACTORS_LOG_FORMAT", fmt)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     logger = RunLogger("orders")
     for event in RUN:
         logger(event)
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    return capsys.readouterr().err.splitlines()
+
+
+def test_info_lines_tell_the_run_from_start_to_end(capsys, monkeypatch):
+    lines = [json.loads(line) for line in logged(capsys, monkeypatch, None, "json")]
     assert [(l["level"], l["event"]) for l in lines] == [
         ("info", "run started"), ("info", "records rejected"), ("warning", "child restarted"), ("error", "run failed")]
     assert all(l["pipeline"] == "orders" and l["run_id"] == "r1" for l in lines)
@@ -26,11 +34,6 @@ def test_info_lines_tell_the_run_from_start_to_end(capsys, monkeypatch):
 
 
 def test_the_level_hides_what_is_below_it(capsys, monkeypatch):
-    monkeypatch.delenv("ETL_ACTORS_LOG_FORMAT", raising=False)
-    monkeypatch.setenv("ETL_ACTORS_LOG_LEVEL", "warning")
-    logger = RunLogger("orders")
-    for event in RUN:
-        logger(event)
-    lines = capsys.readouterr().err.splitlines()
+    lines = logged(capsys, monkeypatch, "warning", None)
     assert len(lines) == 2
     assert "level='warning' event='child restarted'" in lines[0] and "level='error' event='run failed'" in lines[1]
