@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--limit", type=int)
         if name == "events":
             cmd.add_argument("--from-version", type=int, default=1)
+            cmd.add_argument("--follow", "-f", action="store_true",
+                             help="keep printing new events as they are appended (Ctrl-C ends)")
     return parser
 
 
@@ -138,16 +140,29 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_events(args) -> int:
-    import dataclasses
-
     from .eventlog import EventLog
     from .pipeline import resolve_log_url
 
-    for rec in EventLog(resolve_log_url(args.log)).read(f"pipeline:{args.pipeline}", args.from_version):
-        data = dataclasses.asdict(rec.event)
-        _print_json({"position": rec.position, "stream": rec.stream, "version": rec.version, "type": rec.type,
-                     "recordedAt": _iso(rec.recorded_at), "data": data})
+    log, stream = EventLog(resolve_log_url(args.log)), f"pipeline:{args.pipeline}"
+    position = log.last_position() if args.follow else 0
+    for rec in log.read(stream, args.from_version):
+        _print_event(rec)
+        position = max(position, rec.position)   # what was appended meanwhile is printed once
+    if args.follow:
+        try:
+            for rec in log.follow(position, poll_interval=0.25, stream_prefix=stream):
+                if rec.stream == stream:   # the prefix also matches 'pipeline:<name>-other'
+                    _print_event(rec)
+        except KeyboardInterrupt:
+            return EXIT_OK
     return EXIT_OK
+
+
+def _print_event(rec) -> None:
+    import dataclasses
+
+    _print_json({"position": rec.position, "stream": rec.stream, "version": rec.version, "type": rec.type,
+                 "recordedAt": _iso(rec.recorded_at), "data": dataclasses.asdict(rec.event)})
 
 
 def _cmd_dlq(args) -> int:
@@ -207,8 +222,10 @@ class _ProgressBar:
         from .projections import progress
 
         for rec in recorded:
-            self.state, self.position = progress.evolve(self.state, rec), rec.position
-            self._draw(self.state)
+            self.position = rec.position
+            if rec.stream == self.stream:   # the prefix also matches 'pipeline:<name>-other'
+                self.state = progress.evolve(self.state, rec)
+                self._draw(self.state)
 
     def _draw(self, state) -> None:
         width = 30

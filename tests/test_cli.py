@@ -226,3 +226,26 @@ def test_validate_names_every_error_of_a_spec_at_once(tmp_path, orders_spec):
     assert out.returncode == 2 and report["valid"] is False
     assert [e["path"] for e in report["errors"]] == paths
     assert "'upsrt' is not one of insert, upsert, replace" in report["errors"][2]["message"]
+
+
+def test_events_follow_prints_what_is_appended_to_this_pipeline_only(tmp_path):
+    import signal
+    import time
+
+    from etl_actors.eventlog import EventLog
+    from etl_actors.events import PhaseStarted
+
+    log_url = f"sqlite:///{tmp_path}/events.db"
+    log = EventLog(log_url)
+    log.append("pipeline:orders", [PhaseStarted(run_id="r1", phase="extract")], 0)
+    follower = subprocess.Popen([sys.executable, "-m", "etl_actors", "events", "orders", "--follow",
+                                 "--log", log_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(follower.stdout.readline())["data"]["phase"] == "extract"    # what was there
+    log.append("pipeline:orders-v2", [PhaseStarted(run_id="x", phase="other")], 0)  # a prefix twin
+    log.append("pipeline:orders", [PhaseStarted(run_id="r1", phase="finish")], 1)
+    line = json.loads(follower.stdout.readline())                                   # what came after
+    assert (line["stream"], line["version"], line["data"]["phase"]) == ("pipeline:orders", 2, "finish")
+    time.sleep(0.5)
+    follower.send_signal(signal.SIGINT)
+    rest, stderr = follower.communicate(timeout=30)
+    assert follower.returncode == 0 and rest == "" and "Traceback" not in stderr
