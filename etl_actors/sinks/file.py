@@ -111,7 +111,7 @@ class FileWriter(SinkWriter):
             compression = None if self.sink.compression == "none" else self.sink.compression
             pq.write_table(table, stream, compression=compression, use_dictionary=_dictionary_columns(table.schema))
         elif self.sink.format == "csv":
-            pcsv.write_csv(table, stream)
+            pcsv.write_csv(csv_ready(table), stream)
         else:
             buffer = io.StringIO()
             for row in table.to_pylist():
@@ -128,6 +128,20 @@ class FileWriter(SinkWriter):
             self.fs.delete_file(path)
         except OSError:
             pass
+
+
+def csv_ready(table: pa.Table) -> pa.Table:
+    """CSV holds flat text: struct fields become dotted columns (``contact.email``), and
+    lists and maps become JSON text."""
+    while any(pa.types.is_struct(f.type) for f in table.schema):
+        table = table.flatten()
+    for i, f in enumerate(table.schema):
+        if pa.types.is_list(f.type) or pa.types.is_large_list(f.type) or pa.types.is_map(f.type) \
+                or pa.types.is_fixed_size_list(f.type):
+            text = [None if v is None else json.dumps(jsonable(v), ensure_ascii=False)
+                    for v in table.column(i).to_pylist()]
+            table = table.set_column(i, f.name, pa.array(text, pa.string()))
+    return table
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:

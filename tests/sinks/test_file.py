@@ -57,6 +57,19 @@ def test_csv_files_have_a_header_and_every_row(tmp_path):
     assert pcsv.read_csv(written).column("name").to_pylist() == ["p0", "p1", "p2", "p3"]
 
 
+def test_csv_flattens_nested_fields_into_dotted_columns_and_lists_into_json(tmp_path):
+    table = pa.table({"id": [1, 2],
+                      "contact": [{"email": "a@b.com", "geo": {"country": "DE"}}, {"email": None, "geo": None}],
+                      "tags": [["x", "y"], None]})
+    load(FileSink(path=str(tmp_path), format="csv"), (table, "b1"))
+    [written] = tmp_path.glob("part-*.csv")
+    back = pcsv.read_csv(written, convert_options=pcsv.ConvertOptions(strings_can_be_null=True))
+    assert back.column_names == ["id", "contact.email", "contact.geo.country", "tags"]
+    assert back.to_pylist() == [
+        {"id": 1, "contact.email": "a@b.com", "contact.geo.country": "DE", "tags": '["x", "y"]'},
+        {"id": 2, "contact.email": None, "contact.geo.country": None, "tags": None}]
+
+
 def test_open_removes_temporary_files_left_by_a_crash(tmp_path):
     (tmp_path / ".part-0123.tmp").write_bytes(b"half a file")
     FileSink(path=str(tmp_path)).open("p1")
