@@ -150,9 +150,8 @@ def _cmd_events(args) -> int:
         position = max(position, rec.position)   # what was appended meanwhile is printed once
     if args.follow:
         try:
-            for rec in log.follow(position, poll_interval=0.25, stream_prefix=stream):
-                if rec.stream == stream:   # the prefix also matches 'pipeline:<name>-other'
-                    _print_event(rec)
+            for rec in log.follow(position, poll_interval=0.25, stream=stream):
+                _print_event(rec)
         except KeyboardInterrupt:
             return EXIT_OK
     return EXIT_OK
@@ -206,15 +205,14 @@ class _ProgressBar:
         self.thread.join(timeout=2)
         if not self.thread.is_alive():
             try:
-                self._apply(self.log.read_all(self.position, stream_prefix=self.stream))
+                self._apply(self.log.read_all(self.position, stream=self.stream))
             except Exception:  # noqa: BLE001 - the bar is cosmetic; the run decides the outcome
                 pass
         sys.stderr.write("\n")
 
     def _follow(self) -> None:
         try:
-            self._apply(self.log.follow(self.position, poll_interval=0.25, stop=self.stop,
-                                        stream_prefix=self.stream))
+            self._apply(self.log.follow(self.position, poll_interval=0.25, stop=self.stop, stream=self.stream))
         except Exception:  # noqa: BLE001 - the bar is cosmetic; the run decides the outcome
             return
 
@@ -222,10 +220,8 @@ class _ProgressBar:
         from .projections import progress
 
         for rec in recorded:
-            self.position = rec.position
-            if rec.stream == self.stream:   # the prefix also matches 'pipeline:<name>-other'
-                self.state = progress.evolve(self.state, rec)
-                self._draw(self.state)
+            self.state, self.position = progress.evolve(self.state, rec), rec.position
+            self._draw(self.state)
 
     def _draw(self, state) -> None:
         width = 30

@@ -144,25 +144,27 @@ class EventLog:
         return self._fetch(query)
 
     def read_all(self, from_position: int = 0, limit: int | None = None,
-                 stream_prefix: str | None = None) -> list[RecordedEvent]:
+                 stream_prefix: str | None = None, stream: str | None = None) -> list[RecordedEvent]:
         """Events with ``position > from_position`` in global order, at most ``limit``,
-        only of streams starting with ``stream_prefix`` when given."""
+        only of streams starting with ``stream_prefix``, or only of ``stream``, when given."""
         query = (sa.select(*_READ_COLUMNS)
                  .where(events_table.c.position > from_position)
                  .order_by(events_table.c.position).limit(limit))
         if stream_prefix:
             query = query.where(events_table.c.stream.startswith(stream_prefix, autoescape=True))
+        if stream:
+            query = query.where(events_table.c.stream == stream)
         return self._fetch(query)
 
     def follow(self, from_position: int = 0, poll_interval: float = 0.2,
                stop: threading.Event | None = None, stream_prefix: str | None = None,
-               ) -> Iterator[RecordedEvent]:
+               stream: str | None = None) -> Iterator[RecordedEvent]:
         """Yield events after ``from_position`` as they are appended, polling every
         ``poll_interval`` seconds when caught up; return once ``stop`` is set."""
         stop = stop or threading.Event()
         position = from_position
         while not stop.is_set():
-            page = self.read_all(position, limit=FOLLOW_PAGE, stream_prefix=stream_prefix)
+            page = self.read_all(position, limit=FOLLOW_PAGE, stream_prefix=stream_prefix, stream=stream)
             for recorded in page:
                 yield recorded
                 position = recorded.position

@@ -129,6 +129,16 @@ class EventLogContract:
         assert [r.event.phase for r in log.read_all(after_first, limit=2)] == ["u1", "o2"]
         assert [r.event.phase for r in log.read_all(after_first, stream_prefix="orders-")] == ["o2", "o3"]
 
+    def test_read_all_and_follow_keep_to_one_stream_exactly(self, log):
+        log.append("orders-1", phases("o1"), 0)
+        log.append("orders-10", phases("o10"), 0)      # "orders-1" is its prefix
+        assert [r.event.phase for r in log.read_all(stream="orders-1")] == ["o1"]
+        stop = threading.Event()
+        followed = log.follow(stream="orders-1", stop=stop, poll_interval=0.01)
+        first = next(followed)
+        stop.set()                                     # the rest of that page, then it returns
+        assert [r.event.phase for r in [first, *followed]] == ["o1"]
+
     def test_streams_lists_names_by_literal_prefix(self, log):
         for stream in ["pipeline:b", "pipeline:a", "pipe_x", "pipeAx"]:
             log.append(stream, phases("x"), 0)

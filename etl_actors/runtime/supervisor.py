@@ -194,19 +194,23 @@ class _Run:
         child is up, so a run's duration is its work, not its actors' start-up."""
         sup, spec = self.sup, self.spec
         sup.append(ev.RunRequested(pipeline=spec.name, run_id=self.run_id, trigger=self.trigger))
-        started = ev.RunStarted(pipeline=spec.name, run_id=self.run_id, epoch=sup.epoch,
-                                watermark=dict(sup.watermarks), partitions=[], total_bytes=None)
+        requested_at, partitions, total = ev.now(), [], None
+        watermark = dict(sup.watermarks)
+
+        def started(at: float) -> ev.RunStarted:
+            return ev.RunStarted(pipeline=spec.name, run_id=self.run_id, epoch=sup.epoch, watermark=watermark,
+                                 partitions=list(partitions), total_bytes=total, at=at)
+
         try:  # listing the source may fail too (a missing folder): that is a failed run
             partitions = spec.source.partitions(sup.watermarks)
             sizes = [spec.source.estimate_bytes(p) for p in partitions]
             total = sum(sizes) if partitions and all(s is not None for s in sizes) else None
-            started = ev.RunStarted(**{**vars(started), "partitions": list(partitions), "total_bytes": total})
             await self._start_children(len(partitions))
-            sup.append(ev.RunStarted(**{**vars(started), "at": ev.now()}))
+            sup.append(started(ev.now()))
             await self._execute(partitions)
         except BaseException as exc:  # noqa: BLE001 - every failure ends the run in the log
             if self.run_id not in sup.runs.by_id:
-                sup.append(started)
+                sup.append(started(requested_at))
             await self._fail(exc)
             if not isinstance(exc, Exception):
                 raise
