@@ -11,11 +11,21 @@ from functools import lru_cache
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
+from .redaction import redact_text, redact_url, split_userinfo
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def normalize_url(url: str) -> URL:
-    """Parse ``url``, choosing psycopg 3 for a bare ``postgresql://``/``postgres://``."""
+    """Parse ``url``, choosing psycopg 3 for a bare ``postgresql://``/``postgres://``.
+
+    The userinfo ends at the last ``@``: a password with an unencoded ``@`` is read
+    whole (SQLAlchemy alone would take its tail for the host)."""
+    parts = split_userinfo(url) if isinstance(url, str) else None
+    if parts is not None:
+        head, user, password, rest = parts
+        user = user.replace("@", "%40")
+        url = head + user + ("" if password is None else ":" + password.replace("@", "%40")) + rest
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -26,17 +36,22 @@ def normalize_url(url: str) -> URL:
 
 
 def redact(url: str | URL) -> str:
-    """The URL with its password hidden, for messages and logs."""
+    """The URL with its password and secret parameters hidden, for messages and logs."""
     try:
-        return normalize_url(str(url) if isinstance(url, URL) else url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable url>"
+        return redact_url(normalize_url(str(url) if isinstance(url, URL) else url).render_as_string(hide_password=True))
+    except Exception:  # noqa: BLE001 - unparseable: still never shown with its secrets
+        return redact_url(str(url))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none),
+    with secrets hidden."""
+    return redact_text((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
 def db_reason(exc: BaseException) -> str:
     """The database's own message, first line: no statement, no parameters, no URL."""
-    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return first_line(exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc)
 
 
 def _on_sqlite_connect(dbapi_connection, _record):

@@ -6,7 +6,23 @@ attributes. Messages say what was expected and what was got, and never a secret.
 from __future__ import annotations
 
 
-class EtlError(Exception):
+def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    """Unpickle an error without calling its ``__init__`` (whose arguments differ
+    from ``args``): the message and every attribute come back as they were."""
+    error = cls.__new__(cls)
+    BaseException.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
+class _Portable:
+    """Errors that survive a pickle round trip (they cross Ray between actors)."""
+
+    def __reduce__(self):
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+class EtlError(_Portable, Exception):
     """The root of every error etl_actors raises on purpose."""
 
     retryable = False
@@ -36,7 +52,7 @@ class UsageError(TerminalError):
     unsupported kind, say): the CLI exits 2, as for an invalid spec."""
 
 
-class RunInterrupted(KeyboardInterrupt):
+class RunInterrupted(_Portable, KeyboardInterrupt):
     """Ctrl-C during a run: the run was stopped after its batches in flight were
     committed, and ``summary`` is its (failed) run summary. A rerun resumes from there."""
 
@@ -76,5 +92,16 @@ class StepFailed(TerminalError):
     """A required transformation step failed; ``step`` names it."""
 
 
-class RunFailed(TerminalError):
-    """A run ended in failure; ``run_id`` and ``pipeline`` say which."""
+class LeaseHeld(EtlError):
+    """Another run of the pipeline holds its live lease: this run is refused.
+    ``owner`` (host, pid, run id) and ``since`` say who and since when."""
+
+
+class LeaseLost(ConcurrencyError):
+    """This run's lease was taken over (it expired, or ``run --force``): its writes
+    are fenced out and the run ends."""
+
+    def __init__(self, pipeline: str, epoch: int, holder: str = ""):
+        EtlError.__init__(self, f"pipeline {pipeline!r}: this run's lease (epoch {epoch}) was taken over"
+                          + (f" by {holder}" if holder else "") + "; it stopped writing",
+                          pipeline=pipeline, epoch=epoch, holder=holder)

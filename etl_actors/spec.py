@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from .checks import check_pipeline
 from .errors import SpecError, SpecErrors
+from .redaction import ConnectionUrl
 
 REQUIRED = object()
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -224,9 +226,9 @@ class SpecContext:
         ref = section.get(name, types=str)
         path = section.at(name)
         if ref in self.connections:
-            return self._anchor(self.connections[ref])
+            return ConnectionUrl(self._anchor(self.connections[ref]))
         if "://" in ref or ref.startswith("${"):
-            return self._anchor(substitute_env(ref, path))
+            return ConnectionUrl(self._anchor(substitute_env(ref, path)))
         known = ", ".join(sorted(self.connections)) or "none defined"
         raise SpecError(path, f"unknown connection {ref!r} (known: {known})")
 
@@ -267,6 +269,7 @@ class RuntimeOptions:
     extractors: int | None = None       # extractor actors sharing the partitions; None = the CPUs
     num_cpus: float = 0.0               # CPUs each stage actor reserves
     max_child_restarts: int = 5         # per child per run before the run fails
+    lease_timeout: float = 30.0         # seconds without a heartbeat before a run's lease expires
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,33 @@ def _digest(data: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_SECONDS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SECONDS_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_seconds(value: Any) -> float:
+    """A duration as seconds: a number, or text such as ``30s``, ``500ms``, ``2m``, ``1h``;
+    raises ValueError."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = _SECONDS.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"expected a duration such as 30, '30s', '500ms', '2m' or '1h', got {describe(value)}")
+    return float(match.group(1)) * _SECONDS_UNITS[match.group(2)]
+
+
+def _duration_problem(minimum: float):
+    def check(value: Any) -> str | None:
+        try:
+            seconds = parse_seconds(value)
+        except ValueError as exc:
+            return str(exc)
+        return None if seconds >= minimum else f"expected at least {minimum:g} seconds, got {value!r}"
+    return check
+
+
 def _runtime(section: Section) -> RuntimeOptions:
+    lease = section.get("lease_timeout", 30.0, types=(int, float, str), check=_duration_problem(1.0))
     return RuntimeOptions(
         parallelism=section.positive_int("parallelism", None),
         max_in_flight=section.positive_int("max_in_flight", 4),
@@ -301,7 +330,11 @@ def _runtime(section: Section) -> RuntimeOptions:
         num_cpus=float(section.get("num_cpus", 0.0, types=(int, float),
                                    check=lambda v: None if v >= 0 else f"expected >= 0, got {v}")),
         max_child_restarts=section.get("max_child_restarts", 5, types=int),
+        lease_timeout=parse_seconds(lease),
     )
+
+
+_RUNTIME_KEYS = ("parallelism", "max_in_flight", "extractors", "num_cpus", "max_child_restarts", "lease_timeout")
 
 
 def build_plugin(kind: str, section: Section, ctx: SpecContext) -> Any:
@@ -337,13 +370,15 @@ class _Collected:
 
 
 def _pipeline_body(root: Section, ctx: SpecContext,
-                   collect: _Collected) -> tuple[Any, tuple, Any, Section | None]:
+                   collect: _Collected) -> tuple[Any, tuple, Any, Section | None, dict[str, str]]:
     if root.has("pipeline"):
         body = root.section("pipeline")
         source = collect(build_plugin, "source", body.section("source"), ctx)
         steps = _transformations(body, "transformations", ctx, collect)
         destination = collect(build_plugin, "sink", body.section("destination"), ctx)
-        return source, steps, destination, body
+        paths = {"source": body.at("source"), "transformations": body.at("transformations"),
+                 "destination": body.at("destination")}
+        return source, steps, destination, body, paths
     if root.has("batch"):
         body = root.section("batch")
         source = collect(build_plugin, "source", body.section("source"), ctx)
@@ -351,9 +386,11 @@ def _pipeline_body(root: Section, ctx: SpecContext,
         steps: tuple = ()
         if processing is not None:
             steps = _transformations(processing, "transformations", ctx, collect)
-            collect(processing.done, ("chunk_size", "parallelism", "max_in_flight", "extractors", "num_cpus"))
+            collect(processing.done, ("chunk_size", *_RUNTIME_KEYS))
         destination = collect(build_plugin, "sink", body.section("destination"), ctx)
-        return source, steps, destination, processing if processing is not None else body
+        paths = {"source": body.at("source"), "transformations": f"{body.at('processing')}.transformations",
+                 "destination": body.at("destination")}
+        return source, steps, destination, processing if processing is not None else body, paths
     for other in ("stream", "validation"):
         if root.has(other):
             raise SpecError(other, f"{other} specs are not supported by this version; use 'pipeline' or 'batch'")
@@ -379,15 +416,16 @@ def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
                     f"{v!r} is not a valid pipeline name (letters, digits, '.', '_', '-'; 128 at most)")
     ctx = SpecContext(connections=_connections(root), base_dir=base_dir)
     collect = _Collected()
-    source, steps, destination, body = _pipeline_body(root, ctx, collect)
+    source, steps, destination, body, paths = _pipeline_body(root, ctx, collect)
     runtime = collect(_runtime, root.section("runtime")) if root.has("runtime") else RuntimeOptions()
-    if body is not None and (body.has("parallelism") or body.has("max_in_flight") or body.has("extractors")):
+    if body is not None and any(body.has(key) for key in _RUNTIME_KEYS):
         runtime = collect(_runtime, body)
-    body and collect(body.done, ("source", "transformations", "destination", "chunk_size", "parallelism",
-                                 "max_in_flight", "extractors", "num_cpus", "max_child_restarts"))
+    body and collect(body.done, ("source", "transformations", "destination", "chunk_size", *_RUNTIME_KEYS))
     schedule = collect(lambda: root.get("schedule", None, types=dict))
     pricing = collect(lambda: root.get("pricing", None, types=dict))
     collect(root.done, ("version", "description", "metadata", "pipeline", "batch"))
+    if not collect.errors:
+        collect.errors.extend(check_pipeline(source, steps, destination, paths))
     collect.raise_any()
     return PipelineSpec(name=name, source=source, transformations=steps, destination=destination,
                         runtime=runtime, schedule=schedule, pricing=pricing, digest=_digest(data), raw=data)

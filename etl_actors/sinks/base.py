@@ -46,6 +46,10 @@ class Sink:
     def open(self, pipeline: str) -> SinkWriter:
         raise NotImplementedError
 
+    def writes_files_in(self) -> str | None:
+        """The folder (path or URI) this sink writes files into, if it writes files."""
+        return None
+
     def describe(self) -> dict:
         """A secret-free summary for events and status output."""
         return {"type": self.type}

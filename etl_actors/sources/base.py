@@ -39,6 +39,17 @@ class Source:
         """
         raise NotImplementedError
 
+    def schema(self):
+        """The Arrow schema of the rows this source yields, when it can be told cheaply
+        without reading the data (declared columns, a file's header or footer); else
+        None. Used by ``validate`` to check the transformation chain."""
+        return None
+
+    def would_read(self, location: str) -> bool:
+        """Whether a file written at ``location`` (a path or URI) would be read by this
+        source on a later run."""
+        return False
+
     def estimate_bytes(self, partition: str) -> int | None:
         """The partition's size in bytes if cheaply known (for progress), else None."""
         return None
