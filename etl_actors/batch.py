@@ -5,6 +5,7 @@ Tables travel as ``pyarrow.Table``; these wrappers carry the facts the superviso
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -64,14 +65,12 @@ def is_done(position: Any) -> bool:
     return isinstance(position, Mapping) and bool(position.get("done"))
 
 
-def table_bytes(table: pa.Table) -> int:
-    """The in-memory size of a table's buffers, the unit usage is measured in."""
-    return int(table.nbytes)
-
-
 def jsonable(value: Any) -> Any:
-    """A value fit for JSON / msgpack: dates and decimals become strings."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """A value fit for JSON / msgpack: dates and decimals become strings, and NaN and
+    the infinities (which JSON has not) become None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}

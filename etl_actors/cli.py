@@ -12,10 +12,12 @@ import os
 import signal
 import sys
 import threading
-import time
+import traceback
 from typing import Sequence
 
+from .batch import jsonable
 from .errors import EtlError, RunInterrupted, SpecError, UsageError
+from .redaction import redact_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -29,6 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="etl-actors", description="Data-pipeline services on Ray, driven by an event log.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also ETL_ACTORS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     log_help = "event log URL (default: $ETL_ACTORS_LOG, then sqlite:///.etl_actors/events.db)"
 
@@ -39,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
     run.add_argument("--reset", action="store_true",
                      help="forget the committed watermark and read the source from the start")
+    run.add_argument("--force", action="store_true",
+                     help="take the pipeline over from a run that still holds its lease (that run is "
+                          "recorded as interrupted and fenced out)")
 
     validate = sub.add_parser("validate", help="check a spec without running it")
     validate.add_argument("spec")
@@ -62,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_json(data) -> None:
-    print(json.dumps(data, default=str), flush=True)
+    """One JSON object a line; NaN and Infinity (which JSON has not) are printed as null."""
+    print(json.dumps(jsonable(data), default=str, allow_nan=False), flush=True)
 
 
 def _cmd_validate(args) -> int:
@@ -95,7 +103,8 @@ def _cmd_run(args) -> int:
     interrupted = False
     try:
         with pipeline:
-            result = pipeline.run(log=log_url, runtime="local" if args.local else "ray", reset=args.reset)
+            result = pipeline.run(log=log_url, runtime="local" if args.local else "ray", reset=args.reset,
+                                  force=args.force)
     except RunInterrupted as exc:  # Ctrl-C: stopped after the batches in flight; say how far it got
         result, interrupted = exc.summary, True
     finally:
@@ -238,25 +247,43 @@ _COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "status": _cmd_status, 
              "dlq": _cmd_dlq}
 
 
+def _say(message: str) -> None:
+    print(f"etl-actors: {redact_text(message)}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every error a user or the environment causes is one line on
+    stderr (exit 2 for a spec or usage error, 1 otherwise), the traceback only with
+    ``--debug`` or ``ETL_ACTORS_DEBUG=1``."""
     args = _parser().parse_args(argv)
+    debug = args.debug or os.environ.get("ETL_ACTORS_DEBUG", "").lower() in ("1", "true", "yes")
     try:
         return _COMMANDS[args.command](args)
     except SpecError as exc:
         for error in getattr(exc, "errors", [exc]):
-            print(f"etl-actors: invalid spec: {error}", file=sys.stderr)
+            _say(f"invalid spec: {error}")
         return EXIT_USAGE
     except UsageError as exc:
-        print(f"etl-actors: {exc}", file=sys.stderr)
+        _say(str(exc))
         return EXIT_USAGE
-    except EtlError as exc:
-        print(f"etl-actors: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except RuntimeError as exc:
-        print(f"etl-actors: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback (see --debug)
+        if debug:
+            traceback.print_exc()
+        _say(_one_line(exc) + ("" if debug or isinstance(exc, EtlError) else " (--debug shows the traceback)"))
+        return EXIT_FAILED
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: its message, or its type and first line for the unexpected."""
+    text = str(exc).strip()
+    if isinstance(exc, (EtlError, RuntimeError)) and text:
+        return " ".join(text.split())
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def entry() -> None:

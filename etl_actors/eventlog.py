@@ -32,7 +32,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .batch import DeadLetter, jsonable
 from .db import db_reason, engine_for, is_postgres, redact
-from .errors import ConcurrencyError, TransientError, UsageError
+from .errors import ConcurrencyError, EtlError, LeaseLost, TerminalError, TransientError, UsageError
+from .redaction import redact_text, remember_url
 from .events import Event, RecordedEvent, decode, encode
 
 # pg_advisory_xact_lock keys: one for every append, one for creating the tables.
@@ -74,6 +75,24 @@ dead_letters_table = sa.Table(
     sqlite_autoincrement=True,
 )
 
+# One row per pipeline: who may write its stream (the epoch is the fencing token) and
+# until when (``expires_at``, by the database's clock, moved on by each heartbeat).
+leases_table = sa.Table(
+    "etl_leases", metadata,
+    sa.Column("pipeline", sa.Text, primary_key=True),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("owner_host", sa.Text, nullable=False),
+    sa.Column("owner_pid", sa.Integer, nullable=False),
+    sa.Column("owner_started", sa.Float, nullable=True),     # the process's start, to tell a reused pid
+    sa.Column("owner_actor", sa.Text, nullable=True),        # the Ray supervisor actor, when on Ray
+    sa.Column("owner_cluster", sa.Text, nullable=True),      # and its Ray cluster (session)
+    sa.Column("acquired_at", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("released", sa.Boolean, nullable=False, default=False),
+)
+
 _READ_COLUMNS = [events_table.c[name] for name in
                  ("position", "stream", "version", "type", "schema", "payload", "recorded_at")]
 
@@ -90,12 +109,13 @@ class EventLog:
 
     def __init__(self, url: str):
         check_log_url(url)
+        remember_url(url)
         self.url = url
         self._engine = engine_for(url)
         try:
             _ensure_tables(url, self._engine)
         except sa.exc.DBAPIError as exc:
-            raise TransientError(f"event log {redact(url)} is unreachable: {_scrub(db_reason(exc), url)}") from None
+            raise log_error(url, exc) from None
 
     def __repr__(self) -> str:
         return f"EventLog({redact(self.url)!r})"
@@ -108,12 +128,15 @@ class EventLog:
 
     # --- events ---------------------------------------------------------------------
 
-    def append(self, stream: str, events: Sequence[Event], expected_version: int) -> int:
+    def append(self, stream: str, events: Sequence[Event], expected_version: int,
+               fence: tuple[str, int] | None = None) -> int:
         """Append ``events`` to ``stream`` in one transaction; return the new version.
 
         ``expected_version`` is the version the caller last saw (0: a new stream).
         Raises ConcurrencyError when the stream is elsewhere; nothing is written then.
-        Appending no events only checks the version.
+        With ``fence=(pipeline, epoch)`` the append also requires that the pipeline's
+        lease is still at ``epoch`` (checked in the same transaction), else raises
+        :class:`~etl_actors.errors.LeaseLost`. Appending no events only checks.
         """
         if expected_version < 0:
             raise ValueError(f"expected_version must be 0 or more, got {expected_version}")
@@ -121,7 +144,9 @@ class EventLog:
                  "schema": schema, "payload": payload}
                 for i, (type_name, schema, payload) in enumerate(map(encode, events), start=1)]
         try:
-            with _write_transaction(self._engine, APPEND_LOCK_KEY) as conn:
+            with self.write_transaction() as conn:
+                if fence is not None:
+                    check_fence(conn, *fence)
                 actual = _stream_version(conn, stream)
                 if actual != expected_version:
                     raise ConcurrencyError(stream, expected_version, actual)
@@ -130,6 +155,18 @@ class EventLog:
         except sa.exc.IntegrityError:
             raise ConcurrencyError(stream, expected_version, self.version(stream)) from None
         return expected_version + len(rows)
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[sa.Connection]:
+        """A transaction holding the log's write lock; a database that cannot be
+        written (read-only, full, gone) is one line naming the log, never a traceback."""
+        try:
+            with _write_transaction(self._engine, APPEND_LOCK_KEY) as conn:
+                yield conn
+        except sa.exc.IntegrityError:
+            raise
+        except sa.exc.DBAPIError as exc:
+            raise log_error(self.url, exc) from None
 
     def version(self, stream: str) -> int:
         """The stream's current version; 0 for a stream with no events."""
@@ -197,13 +234,16 @@ class EventLog:
             return 0
         recorded_at = _utcnow()
         rows = [{"pipeline": pipeline, "run_id": run_id, "batch_id": batch_id, "stage": stage,
-                 "idx": idx, "reason": letter.reason, "record": json.dumps(jsonable(letter.record)),
+                 "idx": idx, "reason": redact_text(letter.reason), "record": json.dumps(jsonable(letter.record)),
                  "recorded_at": recorded_at}
                 for idx, letter in enumerate(letters)]
         insert = (postgresql.insert if is_postgres(self._engine) else sqlite.insert)(dead_letters_table)
         query = insert.on_conflict_do_nothing().returning(dead_letters_table.c.id)
-        with self._engine.begin() as conn:
-            return len(conn.execute(query, rows).all())
+        try:
+            with self._engine.begin() as conn:
+                return len(conn.execute(query, rows).all())
+        except sa.exc.DBAPIError as exc:
+            raise log_error(self.url, exc) from None
 
     def dead_letters(self, pipeline: str, run_id: str | None = None,
                      limit: int | None = None) -> list[dict]:
@@ -252,10 +292,35 @@ def check_log_url(url: str) -> None:
                          f"expected sqlite:///path/events.db or postgresql://user:password@host/db")
 
 
-def _scrub(text: str, url: str) -> str:
-    """``text`` without the URL's password, should a driver ever echo it."""
-    password = sa.engine.make_url(url).password
-    return text.replace(password, "***") if password else text
+def check_durable(url: str) -> None:
+    """Raise :class:`UsageError` for a log that keeps no history (in-memory SQLite):
+    a run's log must outlive it, or nothing could resume."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and (parsed.database in (None, "", ":memory:")
+                                                 or parsed.query.get("mode") == "memory"):
+        raise UsageError(f"event log {redact(url)} is in memory and would keep no history (nothing could "
+                         "resume, no run could be seen); give a file, e.g. sqlite:///.etl_actors/events.db")
+
+
+def log_error(url: str, exc: BaseException) -> EtlError:
+    """One line for a log that cannot be reached or written: which log, and why."""
+    reason = db_reason(exc)
+    lowered = reason.lower()
+    if any(word in lowered for word in ("readonly", "read-only", "read only", "disk", "full", "permission")):
+        return TerminalError(f"event log {redact(url)} cannot be written: {reason}")
+    if "locked" in lowered or "busy" in lowered:
+        return TransientError(f"event log {redact(url)} is busy: {reason}")
+    return TransientError(f"event log {redact(url)} is unreachable: {reason}")
+
+
+def check_fence(conn: sa.Connection, pipeline: str, epoch: int) -> None:
+    """Inside a write transaction: raise LeaseLost unless ``pipeline``'s lease is at ``epoch``."""
+    t = leases_table
+    row = conn.execute(sa.select(t.c.epoch, t.c.owner_host, t.c.owner_pid, t.c.run_id)
+                       .where(t.c.pipeline == pipeline)).first()
+    if row is None or row.epoch != epoch:
+        holder = f"run {row.run_id} on {row.owner_host}:{row.owner_pid}" if row is not None else ""
+        raise LeaseLost(pipeline, epoch, holder)
 
 
 @contextmanager

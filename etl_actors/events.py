@@ -14,6 +14,8 @@ from typing import Any, Callable, ClassVar
 
 import msgpack
 
+from .redaction import redact_values
+
 MAX_PAYLOAD_BYTES = 4 * 2**20
 
 EVENT_TYPES: dict[str, type["Event"]] = {}
@@ -30,6 +32,7 @@ class Event:
     projections are pure functions of the log."""
 
     schema: ClassVar[int] = 1
+    texts: ClassVar[tuple[str, ...]] = ()     # fields of free text (messages): redacted before appending
     at: float = field(default_factory=now, kw_only=True)
 
     def __init_subclass__(cls, **kwargs):
@@ -39,6 +42,14 @@ class Event:
     @property
     def type(self) -> str:
         return type(self).__name__
+
+
+def redacted(event: Event) -> Event:
+    """``event`` with every secret form hidden in its free-text fields (error messages
+    can quote a URL or a driver's words)."""
+    if not event.texts:
+        return event
+    return dataclasses.replace(event, **{name: redact_values(getattr(event, name)) for name in event.texts})
 
 
 def upcaster(type_name: str, from_schema: int):
@@ -117,7 +128,8 @@ class UnknownEvent(Event):
 
 @dataclass(frozen=True)
 class PipelineDefined(Event):
-    """A spec (by digest) was registered for the pipeline; no secrets, no URLs."""
+    """A spec (by digest) was registered for the pipeline; no secrets (URLs redacted)."""
+    texts: ClassVar[tuple[str, ...]] = ("source", "destination", "steps")
     pipeline: str
     digest: str
     source: dict
@@ -127,10 +139,15 @@ class PipelineDefined(Event):
 
 @dataclass(frozen=True)
 class LeaseAcquired(Event):
-    """A supervisor became the single writer of the pipeline's stream with ``epoch``."""
+    """A run became the single writer of the pipeline's stream with ``epoch``;
+    ``previous`` held the lease before and ``reason`` says why it could be taken over
+    (both empty when the lease was free)."""
     pipeline: str
     epoch: int
     owner: str
+    run_id: str = ""
+    previous: str = ""
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,7 @@ class BatchExtracted(Event):
 class BatchTransformed(Event):
     """``steps`` holds one ``{id, recordsIn, recordsOut, durationMs, success, error?}``
     per step."""
+    texts: ClassVar[tuple[str, ...]] = ("steps",)
     run_id: str
     batch_id: str
     rows_in: int
@@ -183,6 +201,7 @@ class BatchTransformed(Event):
 @dataclass(frozen=True)
 class RecordsRejected(Event):
     """Rows went to the dead-letter store; the rows are there, the count is here."""
+    texts: ClassVar[tuple[str, ...]] = ("reason",)
     run_id: str
     batch_id: str
     stage: str
@@ -216,12 +235,14 @@ class WatermarkCommitted(Event):
 class WatermarkReset(Event):
     """Every committed position was dropped: the next run reads the source from the
     start (sinks stay idempotent by batch id)."""
+    texts: ClassVar[tuple[str, ...]] = ("reason",)
     pipeline: str
     reason: str = ""
 
 
 @dataclass(frozen=True)
 class ChildRestarted(Event):
+    texts: ClassVar[tuple[str, ...]] = ("reason",)
     run_id: str
     child: str
     reason: str
@@ -231,10 +252,23 @@ class ChildRestarted(Event):
 @dataclass(frozen=True)
 class StepSkipped(Event):
     """A ``required: false`` step failed on a batch; the batch went on without it."""
+    texts: ClassVar[tuple[str, ...]] = ("error",)
     run_id: str
     batch_id: str
     step: str
     error: str
+
+
+@dataclass(frozen=True)
+class PartitionFailed(Event):
+    """The source could not read ``partition`` (a file that is not what it says): its
+    position stays where it was. ``skipped``: it went to the dead-letter store and the
+    run went on (``errorHandling: continue``); else the run fails at its end."""
+    texts: ClassVar[tuple[str, ...]] = ("error",)
+    run_id: str
+    partition: str
+    error: str
+    skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,6 +279,7 @@ class RunSucceeded(Event):
 
 @dataclass(frozen=True)
 class RunFailed(Event):
+    texts: ClassVar[tuple[str, ...]] = ("error", "metrics")
     run_id: str
     error: str
     metrics: dict = field(default_factory=dict)

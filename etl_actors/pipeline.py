@@ -20,7 +20,7 @@ import uuid
 from typing import Any, Mapping
 
 from .errors import EtlError, RunInterrupted, SpecError
-from .eventlog import EventLog
+from .eventlog import EventLog, check_durable
 from .projections import runs as runs_projection
 from .projections import watermarks as watermarks_projection
 from .spec import PipelineSpec, anchor_sqlite, parse, parse_file
@@ -87,12 +87,17 @@ class Pipeline:
         return self.spec.name
 
     def run(self, log: str | None = None, runtime: str = "ray", trigger: str = "manual",
-            reset: bool = False) -> dict:
+            reset: bool = False, force: bool = False) -> dict:
         """Run once from the committed watermark (from the start of the source with
-        ``reset``); return the run summary (``status`` is ``success`` or ``failed``)."""
+        ``reset``); return the run summary (``status`` is ``success`` or ``failed``).
+
+        Raises :class:`~etl_actors.errors.LeaseHeld` while another run of this pipeline
+        is live (anywhere that shares the event log), unless ``force``: then that run
+        is recorded as interrupted and fenced out."""
         log_url = resolve_log_url(log)
+        check_durable(log_url)
         if runtime == "local":
-            return run_local(self.spec, log_url, trigger, reset)
+            return run_local(self.spec, log_url, trigger, reset, force)
         if runtime != "ray":
             raise SpecError("runtime", f"{runtime!r} is not one of ray, local")
         if self._supervisor is not None and self._supervisor_log != log_url:
@@ -100,7 +105,7 @@ class Pipeline:
         if self._supervisor is None:
             self._supervisor, self._supervisor_log = start_on_ray(self.spec, log_url), log_url
         try:
-            return run_supervised(self._supervisor, trigger, reset)
+            return run_supervised(self._supervisor, trigger, reset, force)
         except BaseException:
             self.close()
             raise
@@ -131,7 +136,8 @@ class Pipeline:
         ray.get(ray.get_actor(supervisor_name(self.name), namespace=NAMESPACE).stop.remote())
 
 
-def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: bool = False) -> dict:
+def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: bool = False,
+              force: bool = False) -> dict:
     from .logs import RunLogger
     from .runtime.local import LocalChildren
     from .runtime.supervisor import PipelineSupervisor
@@ -139,7 +145,7 @@ def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: 
     run_id = uuid.uuid4().hex[:12]
     try:
         supervisor = PipelineSupervisor(spec, log_url, LocalChildren, listeners=[RunLogger(spec.name, "warning")])
-        return asyncio.run(supervisor.run(trigger, run_id, reset))
+        return asyncio.run(supervisor.run(trigger, run_id, reset, force))
     except KeyboardInterrupt:  # the run was cancelled and recorded as failed: say how far it got
         last = pipeline_status(spec.name, log_url, spec)["lastRun"]
         if last is None or last["runId"] != run_id:
@@ -164,19 +170,25 @@ def start_on_ray(spec: PipelineSpec, log_url: str):
     return start_supervisor(spec, log_url)
 
 
-def run_supervised(supervisor, trigger: str = "manual", reset: bool = False) -> dict:
+def run_supervised(supervisor, trigger: str = "manual", reset: bool = False, force: bool = False) -> dict:
     """Run through ``supervisor``; when it dies, Ray restarts it (its ``__init__``
-    replays the log) and the run is asked for again, resuming from the watermark."""
+    replays the log) and the run is asked for again, resuming from the watermark.
+    An error the run raised is raised here as itself, not wrapped in Ray's."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayTaskError
 
     for attempt in range(SUPERVISOR_RETRIES + 1):
-        run = supervisor.run.remote(trigger, None, reset and attempt == 0)
+        run = supervisor.run.remote(trigger, None, reset and attempt == 0, force and attempt == 0)
         try:
             return ray.get(run)
         except RayActorError:
             if attempt == SUPERVISOR_RETRIES:
                 raise
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
         except KeyboardInterrupt:
             raise RunInterrupted(_stop_gracefully(supervisor, run)) from None
 

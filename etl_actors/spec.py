@@ -193,9 +193,16 @@ def anchor_sqlite(url: str, base_dir: str) -> str:
     """A SQLite URL with a relative path made absolute against ``base_dir``; other
     URLs unchanged (so every process opens the same file)."""
     prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        return prefix + os.path.normpath(os.path.join(base_dir, os.path.expanduser(url[len(prefix):])))
-    return url
+    if not url.startswith(prefix) or url.startswith(prefix + "/") or ":memory:" in url:
+        return url
+    path, query = url[len(prefix):], ""
+    if "?" in path:
+        path, query = path.split("?", 1)
+        query = "?" + query
+    if path.startswith("file:"):   # a SQLite URI filename (with ?mode=ro&uri=true)
+        inner = path[len("file:"):]
+        return url if inner.startswith("/") else f"{prefix}file:{os.path.normpath(os.path.join(base_dir, inner))}{query}"
+    return prefix + os.path.normpath(os.path.join(base_dir, os.path.expanduser(path))) + query
 
 
 def substitute_env(value: str, path: str, env: Mapping[str, str] | None = None) -> str:

@@ -29,6 +29,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that use PostgreSQL or Ray carry its marker, whether or not they say so
+    (so ``-m "not postgres"`` runs without a server)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {"pg_url", "pg_schema"}:
+            item.add_marker(pytest.mark.postgres)
+        if "ray_local" in fixtures:
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the session; its Prometheus endpoint is ``ctx.metrics_port``."""

@@ -37,6 +37,24 @@ class ListSource(Source):
         return None
 
 
+@dataclass(frozen=True)
+class FlakyListSource(ListSource):
+    """A ListSource whose partitions in ``broken`` fail after their first batch, as a
+    file that is not what it says does (a TerminalError naming the partition)."""
+
+    type: ClassVar[str] = "flaky-list"
+    broken: tuple = ()
+    error_handling: str = "fail"
+
+    def read(self, partition, position):
+        from etl_actors.errors import TerminalError
+
+        for i, batch in enumerate(super().read(partition, position)):
+            if partition in self.broken and i == 1:
+                raise TerminalError(f"cannot read {partition!r}: not what it says", partition=partition)
+            yield batch
+
+
 class MemoryWriter(SinkWriter):
     def __init__(self, store: dict):
         self.store = store
@@ -98,3 +116,12 @@ class DirSink(Sink):
         import json
 
         return [row for f in sorted(glob.glob(f"{self.path}/*.json")) for row in json.load(open(f))]
+
+
+def slow_identity(table: pa.Table) -> pa.Table:
+    """A function step's handler that takes its time (0.3 s a batch): runs long enough
+    to be interrupted, taken over or raced."""
+    import time
+
+    time.sleep(0.3)
+    return table

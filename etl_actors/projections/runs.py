@@ -33,6 +33,7 @@ class Run:
     steps: tuple = ()                        # ((id, recordsIn, recordsOut, durationMs, success), ...)
     watermark: Any = None
     error: str | None = None
+    failed_partitions: tuple = ()            # partitions the source could not read
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ def _on_run(run: Run, event: ev.Event) -> Run:
         return replace(run, last_commit_at=event.at)
     if isinstance(event, (ev.ChildRestarted, ev.StepSkipped)):
         return replace(run, errors=run.errors + 1)
+    if isinstance(event, ev.PartitionFailed):
+        return replace(run, errors=run.errors + 1, failed_partitions=run.failed_partitions + (event.partition,))
     if isinstance(event, ev.RunSucceeded):
         return replace(run, status="success", finished_at=event.at,
                        last_commit_at=run.last_commit_at or event.at)
@@ -136,6 +139,8 @@ def summary(run: Run, watermark_view=None) -> dict:
         "steps": [{"id": s[0], "recordsIn": s[1], "recordsOut": s[2], "durationMs": round(s[3], 1),
                    "success": s[4]} for s in run.steps],
     }
+    if run.failed_partitions:
+        out["partitionsFailed"] = list(run.failed_partitions)
     if run.error:
         out["error"] = run.error
     return out

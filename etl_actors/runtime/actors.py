@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from ..errors import LeaseHeld
 from ..logs import RunLogger
 from ..spec import PipelineSpec
 from .stages import Extractor, Loader, Transformer
@@ -218,14 +220,17 @@ class SupervisorActor:
     and a retried ``run`` resumes from the committed watermark."""
 
     def __init__(self, spec: PipelineSpec, log_url: str):
-        self.supervisor = PipelineSupervisor(spec, log_url, RayChildren,
+        context = ray.get_runtime_context()
+        identity = {"actor": context.get_actor_id(), "cluster": context.get_session_name()}
+        self.supervisor = PipelineSupervisor(spec, log_url, RayChildren, identity=identity,
                                              listeners=[PipelineMetrics(spec.name), RunLogger(spec.name)])
 
     def __repr__(self) -> str:
         return repr(self.supervisor)
 
-    async def run(self, trigger: str = "manual", run_id: str | None = None, reset: bool = False) -> dict:
-        return await self.supervisor.run(trigger, run_id, reset)
+    async def run(self, trigger: str = "manual", run_id: str | None = None, reset: bool = False,
+                  force: bool = False) -> dict:
+        return await self.supervisor.run(trigger, run_id, reset, force)
 
     @ray.method(concurrency_group="control")
     async def status(self) -> dict:
@@ -254,12 +259,21 @@ def start_supervisor(spec: PipelineSpec, log_url: str, wait_s: float = 30.0):
         except ValueError:
             status = _status(name)
             if status is not None:
-                doing = (f"running {status['runId']}" if status.get("running")
-                         else "idle, kept warm by another Pipeline object: close() that one first")
-                raise RuntimeError(f"pipeline {spec.name!r} already has a supervisor ({doing})") from None
+                raise LeaseHeld(_refusal(spec.name, status), pipeline=spec.name, owner=status.get("owner")) from None
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the actor name {name!r} stays taken by a supervisor that does not answer") from None
             time.sleep(0.5)
+
+
+def _refusal(pipeline: str, status: dict) -> str:
+    """Why a second supervisor of a pipeline is refused on this cluster, in one line."""
+    if not status.get("running"):
+        return (f"pipeline {pipeline!r} already has a supervisor on this Ray cluster, idle and kept warm by "
+                "another Pipeline object: close() that one first")
+    since = status.get("since")
+    when = f" since {datetime.fromtimestamp(since, tz=timezone.utc).isoformat(timespec='seconds')}" if since else ""
+    return (f"pipeline {pipeline!r} is already running on this Ray cluster: "
+            f"{status.get('owner') or 'run ' + str(status.get('runId'))}{when}; wait for it to end, or stop it")
 
 
 def _status(name: str) -> dict | None:

@@ -13,15 +13,16 @@ references the supervisor never opens.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
+import sys
 import uuid
 from collections import deque
 from typing import Any, Protocol
 
 from .. import events as ev
-from ..errors import ConcurrencyError, EtlError
+from ..batch import DeadLetter, jsonable
+from ..errors import ConcurrencyError, EtlError, LeaseLost, TerminalError
 from ..eventlog import EventLog
+from ..leases import Heartbeat, Leases, Owner, process_gone
 from ..projections import runs as runs_projection
 from ..projections import watermarks as watermarks_projection
 from ..spec import PipelineSpec
@@ -83,14 +84,18 @@ class PartitionCommits:
 class PipelineSupervisor:
     """Plans and drives the runs of one pipeline; see the module docstring."""
 
-    def __init__(self, spec: PipelineSpec, log_url: str, children_factory, listeners=()):
+    def __init__(self, spec: PipelineSpec, log_url: str, children_factory, listeners=(),
+                 identity: dict | None = None):
         self.spec = spec
-        self.listeners = list(listeners)   # called with each appended event (metrics)
+        self.listeners = list(listeners)   # called with each appended event (metrics, logs)
         self.log = EventLog(log_url)
         self.log_url = log_url
+        self.leases = Leases(self.log)
+        self.identity = identity or {}     # on Ray: {"actor": id, "cluster": session} of this supervisor
         self.children = children_factory(spec, log_url)   # kept warm between runs
         self._stopping, self._stop_reason = False, "stopped on request"
         self._current: str | None = None
+        self.lease, self._heartbeat, self._lease_lost = None, None, None
         self.recover()
 
     def __repr__(self) -> str:
@@ -109,35 +114,84 @@ class PipelineSupervisor:
         self.runs = runs_projection.project(recorded)
 
     def append(self, *events: ev.Event) -> None:
-        """Append to the stream at the version this supervisor holds (fenced)."""
-        self.version = self.log.append(self.spec.stream, list(events), expected_version=self.version)
+        """Append to the stream at the version this supervisor holds, fenced by its
+        lease while a run holds one; fold the events, then tell the listeners (a
+        listener that fails is reported, and changes neither the log nor the folds)."""
+        events = tuple(ev.redacted(e) for e in events)
+        fence = (self.spec.name, self.lease.epoch) if self.lease is not None else None
+        self.version = self.log.append(self.spec.stream, list(events), expected_version=self.version, fence=fence)
         for event in events:
             self.watermarks = watermarks_projection.evolve(self.watermarks, event)
             self.runs = runs_projection.evolve(self.runs, event)
+        for event in events:
             for listener in self.listeners:
-                listener(event)
+                try:
+                    listener(event)
+                except Exception as exc:  # noqa: BLE001 - metrics and logs are best effort
+                    print(f"etl-actors: listener {listener!r} failed on {event.type}: {exc!r}", file=sys.stderr)
 
-    def _take_lease(self) -> None:
+    # --- the lease ------------------------------------------------------------------
+
+    def _take_lease(self, run_id: str, force: bool) -> None:
+        """Take the pipeline's lease for ``run_id`` (refused with LeaseHeld while another
+        run's is live), record it, and keep it alive with a heartbeat."""
+        name, timeout = self.spec.name, self.spec.runtime.lease_timeout
+        owner = Owner.here(run_id, self.identity.get("actor"), self.identity.get("cluster"))
+        grant = self.leases.acquire(name, owner, timeout, min_epoch=self.epoch, force=force, is_gone=self._gone)
         self.recover()
+        self.lease, self.epoch, self._lease_lost = grant.lease, grant.lease.epoch, None
+        try:
+            self.append(*self._opening(owner, grant))
+        except BaseException:
+            self._release_lease()
+            raise
+        self._heartbeat = Heartbeat(self.leases, grant.lease, timeout, self._on_lease_lost)
+
+    def _gone(self, owner: Owner) -> bool:
+        """Whether the lease's holder is provably gone: its process on this host no
+        longer exists, or it was a supervisor actor on this Ray cluster (this one holds
+        the pipeline's unique actor name now, so that one is dead, or it was this
+        actor before Ray restarted it)."""
+        mine = self.identity.get("cluster")
+        return process_gone(owner) or bool(mine and owner.actor and owner.cluster == mine)
+
+    def _on_lease_lost(self) -> None:
+        self._lease_lost = LeaseLost(self.spec.name, self.lease.epoch if self.lease else 0)
+
+    def _release_lease(self) -> None:
+        heartbeat, lease = self._heartbeat, self.lease
+        self._heartbeat = self.lease = None
+        if heartbeat is not None:
+            heartbeat.stop()
+        if lease is not None:
+            try:
+                self.leases.release(lease.pipeline, lease.epoch)
+            except EtlError:
+                pass  # the lease then expires on its own
+
+    def _opening(self, owner: Owner, grant) -> list[ev.Event]:
         name = self.spec.name
-        self.epoch += 1
-        opening: list[ev.Event] = [ev.LeaseAcquired(pipeline=name, epoch=self.epoch,
-                                                    owner=f"{socket.gethostname()}:{os.getpid()}")]
+        previous = grant.previous.owner.describe() if grant.previous is not None else ""
+        opening: list[ev.Event] = [ev.LeaseAcquired(pipeline=name, epoch=self.epoch, owner=owner.describe(),
+                                                    run_id=owner.run_id, previous=previous, reason=grant.reason)]
+        why = grant.reason or "the run's supervisor was lost"
         for run in self.runs.unfinished(name):
-            opening.append(ev.RunFailed(run_id=run.run_id, error="interrupted: the run's supervisor was lost"))
+            opening.append(ev.RunFailed(run_id=run.run_id, error=f"interrupted: {why}"))
         if self.digest != self.spec.digest:
             opening.append(ev.PipelineDefined(
                 pipeline=name, digest=self.spec.digest, source=self.spec.source.describe(),
                 destination=self.spec.destination.describe(),
                 steps=[{"id": s.id, "type": s.type} for s in self.spec.transformations]))
             self.digest = self.spec.digest
-        self.append(*opening)
+        return opening
 
     # --- control --------------------------------------------------------------------
 
     def status(self) -> dict:
         last = self.runs.last(self.spec.name)
+        lease = self.lease
         return {"pipeline": self.spec.name, "running": self._current is not None, "runId": self._current,
+                "owner": lease.owner.describe() if lease else None, "since": lease.acquired_at if lease else None,
                 "watermark": self.spec.source.view_watermark(self.watermarks),
                 "lastRun": runs_projection.summary(last, self.spec.source.view_watermark) if last else None}
 
@@ -152,20 +206,31 @@ class PipelineSupervisor:
 
     # --- a run ----------------------------------------------------------------------
 
-    async def run(self, trigger: str = "manual", run_id: str | None = None, reset: bool = False) -> dict:
+    async def run(self, trigger: str = "manual", run_id: str | None = None, reset: bool = False,
+                  force: bool = False) -> dict:
         """Run the pipeline once from its committed watermark (from the very start of
-        the source with ``reset``); return the run summary."""
-        self._take_lease()
-        self._stopping = False
-        if reset:
-            self.append(ev.WatermarkReset(pipeline=self.spec.name, reason=f"{trigger}: run from the start"))
-        run = _Run(self, run_id or uuid.uuid4().hex[:12], trigger)
-        self._current = run.run_id
+        the source with ``reset``); return the run summary.
+
+        Raises :class:`~etl_actors.errors.LeaseHeld` (and runs nothing) while another
+        run of the pipeline holds a live lease, unless ``force``."""
+        run_id = run_id or uuid.uuid4().hex[:12]
+        self._take_lease(run_id, force)
         try:
-            await run.execute()
+            self._stopping = False
+            if reset:
+                self.append(ev.WatermarkReset(pipeline=self.spec.name, reason=f"{trigger}: run from the start"))
+            self._current = run_id
+            await _Run(self, run_id, trigger).execute()
+        except ConcurrencyError:
+            pass  # fenced out before the run began: the summary below says what the log says
         finally:
             self._current = None
-        return self.summary(run.run_id)
+            self._release_lease()
+        if self._lease_lost is not None or run_id not in self.runs.by_id:
+            self.recover()      # taken over: the new holder recorded how this run ended
+        if run_id not in self.runs.by_id:
+            raise self._lease_lost or LeaseLost(self.spec.name, self.epoch)
+        return self.summary(run_id)
 
     def summary(self, run_id: str) -> dict:
         return runs_projection.summary(self.runs.by_id[run_id], self.spec.source.view_watermark)
@@ -188,6 +253,7 @@ class _Run:
         self.slots: asyncio.Semaphore | None = None
         self.tasks: set[asyncio.Task] = set()
         self.failure: BaseException | None = None
+        self.failed_partitions: list[str] = []
 
     async def execute(self) -> None:
         """Start the children, then the clock: ``RunStarted`` is appended once every
@@ -232,6 +298,10 @@ class _Run:
         readers = [asyncio.create_task(self._read(i, queue)) for i in range(self.n_extractors)]
         await self._gather(readers)
         await self._drain()
+        if self.failed_partitions:
+            count = len(self.failed_partitions)
+            raise TerminalError(("" if count == 1 else f"{count} partitions could not be read: ")
+                                + "; ".join(self.failed_partitions))
         if self.blocking is not None:
             await self._finish_blocking()
         self.sup.append(ev.PhaseStarted(run_id=self.run_id, phase="finish"))
@@ -273,12 +343,35 @@ class _Run:
             partition = queue.popleft()
             position = self.sup.watermarks.get(partition)
             self.commits[partition] = PartitionCommits()
-            await self._call("extractor", index, lambda: self.children.open(index, partition, position))
-            await self._read_partition(index, partition, position)
+            try:
+                await self._call("extractor", index, lambda: self.children.open(index, partition, position))
+                await self._read_partition(index, partition, position)
+            except TerminalError as exc:
+                if getattr(exc, "partition", None) != partition or exc is self.failure:
+                    raise
+                self._partition_failed(partition, position, exc)
+
+    def _partition_failed(self, partition: str, position: Any, exc: TerminalError) -> None:
+        """A partition the source cannot read (a file that is not what it says) fails
+        alone: what it loaded stays committed, its position stays before the failure, and
+        the other partitions go on. With the source's ``errorHandling: continue`` it is a
+        dead letter of stage ``extract`` and the run can succeed; otherwise the run fails
+        once the others are done, naming it."""
+        reason = str(exc)
+        skipped = self.spec.source.error_handling == "continue"
+        if skipped:
+            letter = DeadLetter(reason, {"_file": partition, "_position": jsonable(position)})
+            self.sup.log.put_dead_letters(self.spec.name, self.run_id, f"{partition}@{self.run_id}", "extract",
+                                          [letter])
+        else:
+            self.failed_partitions.append(f"{partition}: {reason}")
+        self.sup.append(ev.PartitionFailed(run_id=self.run_id, partition=partition, error=reason, skipped=skipped))
 
     async def _read_partition(self, index: int, partition: str, position: Any) -> None:
         while not self.sup._stopping:
             await self.slots.acquire()
+            if self.failure is None and self.sup._lease_lost is not None:
+                self.failure = self.sup._lease_lost
             if self.failure is not None:
                 self.slots.release()
                 raise self.failure
@@ -305,13 +398,13 @@ class _Run:
 
     async def _next(self, index: int, partition: str, position: Any):
         """The next batch; a lost extractor is restarted at the last extracted position."""
-        generation = self.children.generation("extractor", index)
-        try:
-            return await self.children.next_batch(index, self.run_id)
-        except ChildLost as lost:
-            await self._restarted("extractor", index, lost, generation)
-            await self.children.open(index, partition, position)
-            return await self._next(index, partition, position)
+        while True:
+            generation = self.children.generation("extractor", index)
+            try:
+                return await self.children.next_batch(index, self.run_id)
+            except ChildLost as lost:
+                await self._restarted("extractor", index, lost, generation)
+                await self._call("extractor", index, lambda: self.children.open(index, partition, position))
 
     def _on_done(self, task: asyncio.Task) -> None:
         self.slots.release()
@@ -417,8 +510,9 @@ class _Run:
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
-        if isinstance(exc, ConcurrencyError):
-            return  # fenced out: another supervisor owns the stream now; it records the end
+        if isinstance(exc, ConcurrencyError):  # fenced out: the run now holding the lease recorded the end
+            self.sup._lease_lost = self.sup._lease_lost or exc
+            return
         if isinstance(exc, asyncio.CancelledError):  # the local runner's Ctrl-C
             message = "interrupted (Ctrl-C): the batches in flight were abandoned"
         else:

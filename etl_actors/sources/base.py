@@ -19,6 +19,7 @@ class Source:
     """Base class of sources; subclasses are frozen dataclasses."""
 
     type: ClassVar[str]
+    error_handling = "fail"     # or "continue": a partition that cannot be read is dead-lettered
 
     @classmethod
     def from_spec(cls, section, ctx) -> "Source":

@@ -10,7 +10,7 @@ from etl_actors.eventlog import EventLog
 from etl_actors.runtime.local import LocalChildren
 from etl_actors.runtime.supervisor import PartitionCommits, PipelineSupervisor
 from etl_actors.spec import PipelineSpec, RuntimeOptions
-from plugins import ListSource, MemorySink
+from plugins import FlakyListSource, ListSource, MemorySink
 
 ROWS_A = tuple({"id": i, "v": f"a{i}"} for i in range(7))
 ROWS_B = tuple({"id": 100 + i, "v": f"b{i}"} for i in range(4))
@@ -122,3 +122,50 @@ def test_stop_commits_the_batches_in_flight_and_the_next_run_finishes_the_rest(l
     rest = run(spec, log_url)
     assert rest["recordsLoaded"] == 11 - stopped["recordsLoaded"]
     assert sorted(r["id"] for r in spec.destination.rows) == [r["id"] for r in ROWS_A + ROWS_B]
+
+
+def test_a_listener_that_raises_leaves_the_folds_level_with_the_log(log_url, capsys):
+    from etl_actors.projections import runs as runs_projection
+    from etl_actors.projections import watermarks as watermarks_projection
+
+    def broken(event):
+        if isinstance(event, ev.BatchLoaded):
+            raise RuntimeError("metrics backend down")
+
+    spec = make_spec()
+    supervisor = PipelineSupervisor(spec, log_url, LocalChildren, listeners=[broken])
+    result = asyncio.run(supervisor.run())
+    recorded = EventLog(log_url).read(spec.stream)
+    assert result["status"] == "success" and result["recordsLoaded"] == 11
+    assert supervisor.watermarks == watermarks_projection.project(recorded)
+    assert runs_projection.summary(supervisor.runs.last()) == runs_projection.summary(
+        runs_projection.project(recorded).last())
+    assert "metrics backend down" in capsys.readouterr().err
+
+
+def flaky_spec(error_handling: str) -> PipelineSpec:
+    name = f"p-{uuid.uuid4().hex[:6]}"
+    source = FlakyListSource(parts=(("a", ROWS_A), ("b", ROWS_B)), broken=("a",), error_handling=error_handling)
+    return PipelineSpec(name=name, source=source, transformations=(), destination=MemorySink(name=name),
+                        runtime=RuntimeOptions(parallelism=1, max_in_flight=1, extractors=1), digest="d1")
+
+
+def test_a_partition_that_cannot_be_read_fails_alone_and_the_run_names_it(log_url):
+    spec = flaky_spec("fail")
+    result = run(spec, log_url)
+    assert result["status"] == "failed" and result["error"] == "a: cannot read 'a': not what it says"
+    assert result["partitionsFailed"] == ["a"]
+    assert sorted(r["id"] for r in spec.destination.rows) == [0, 1] + [r["id"] for r in ROWS_B]
+    assert result["watermark"] == {"a": {"rows": 2, "done": False}, "b": {"rows": 4, "done": True}}
+
+
+def test_with_continue_an_unreadable_partition_is_a_dead_letter_and_the_run_succeeds(log_url):
+    spec = flaky_spec("continue")
+    result = run(spec, log_url)
+    assert result["status"] == "success" and result["partitionsFailed"] == ["a"] and result["errors"] == 1
+    letters = EventLog(log_url).dead_letters(spec.name)
+    assert [(d["stage"], d["reason"], d["record"]["_file"]) for d in letters] == \
+        [("extract", "cannot read 'a': not what it says", "a")]
+    again = run(spec, log_url)                    # retried on the next run (never silently dropped)
+    assert again["partitionsFailed"] == ["a"] and again["watermark"]["a"] == {"rows": 4, "done": False}
+    assert [d["runId"] for d in EventLog(log_url).dead_letters(spec.name)] == [result["runId"], again["runId"]]

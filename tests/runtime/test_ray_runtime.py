@@ -76,13 +76,47 @@ def test_killed_loader_is_recreated_and_the_run_completes(ray_local, tmp_path, u
 
 def test_records_and_in_flight_batches_are_exported_to_prometheus_per_pipeline(ray_local, tmp_path, uniq):
     name = f"metrics-{uniq}"
-    run_on_ray(make_spec(name, tmp_path / "out"), f"sqlite:///{tmp_path}/events.db")
-    wanted = {f'pipeline="{name}",stage="loaded"}} 40.0', f'pipeline="{name}",stage="extracted"}} 40.0'}
-    deadline, found = time.time() + 30, set()
+    result = run_on_ray(make_spec(name, tmp_path / "out"), f"sqlite:///{tmp_path}/events.db")
+    wanted = {("ray_etl_records_total", "loaded"): 40.0, ("ray_etl_records_total", "extracted"): 40.0,
+              ("ray_etl_bytes_extracted_total", None): float(result["bytesProcessed"]),
+              ("ray_etl_batches_in_flight", None): 0.0}
+    deadline, found = time.time() + 30, {}
     while time.time() < deadline and found != wanted:
         text = urllib.request.urlopen(f"http://127.0.0.1:{ray_local.metrics_port}/metrics").read().decode()
-        found = {w for w in wanted for line in text.splitlines()
-                 if line.startswith("ray_etl_records_total") and line.endswith(w)}
+        found = {key: value for key, value in metric_values(text, name).items() if key in wanted}
         time.sleep(0.5)
-    assert found == wanted
-    assert f'ray_etl_batches_in_flight{{' in text and f'pipeline="{name}"' in text
+    assert found == wanted and result["bytesProcessed"] > 0
+
+
+def metric_values(text: str, pipeline: str) -> dict:
+    """``{(metric, stage or None): value}`` of one pipeline's lines in a Prometheus text page."""
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("#") or f'pipeline="{pipeline}"' not in line:
+            continue
+        head, _, value = line.rpartition(" ")
+        metric = head.split("{", 1)[0]
+        stage = head.split('stage="', 1)[1].split('"', 1)[0] if 'stage="' in head else None
+        values[(metric, stage)] = float(value)
+    return values
+
+
+def test_a_second_supervisor_of_a_running_pipeline_is_refused_naming_the_run(ray_local, tmp_path, uniq):
+    from etl_actors.errors import LeaseHeld
+    from etl_actors.transforms.function import FunctionStep
+
+    spec = make_spec(f"twice-{uniq}", tmp_path / "out")
+    spec = PipelineSpec(name=spec.name, source=spec.source, destination=spec.destination, runtime=spec.runtime,
+                        transformations=(FunctionStep(id="slow", handler="plugins:slow_identity"),), digest="d")
+    log = f"sqlite:///{tmp_path}/events.db"
+    outcome = {}
+    first = threading.Thread(target=lambda: outcome.update(run_on_ray(spec, log)))
+    first.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(isinstance(r.event, ev.BatchLoaded) for r in EventLog(log).read(spec.stream)):
+        time.sleep(0.1)
+    with pytest.raises(LeaseHeld) as refused:
+        run_on_ray(spec, log)
+    first.join(timeout=120)
+    assert f"is already running on this Ray cluster: run {outcome['runId']} on " in str(refused.value)
+    assert outcome["status"] == "success" and sorted(r["id"] for r in spec.destination.rows()) == list(range(40))
