@@ -17,6 +17,14 @@ With ``errorHandling: continue`` a batch the database refuses is retried row by 
 (one savepoint per row): the refused rows come back as dead letters with the database's
 reason, the rest load. With ``fail`` the batch fails with a TerminalError (a
 TransientError for connection problems) naming the table and the batch.
+
+Schema: the table's columns do not depend on which batch lands first. The table is
+created from the first batch's columns, then gains each later batch's new columns
+(nullable, ``ALTER TABLE ... ADD COLUMN``); a column the batch lacks gets NULL (or its
+default; an upsert leaves it unchanged); a column whose type changes fails the batch
+with a TerminalError naming the column, the batch and both types, with
+``errorHandling: continue`` too. In replace mode the rule applies to the staging
+table, which starts empty each run. The rule is stated in :mod:`etl_actors.sinks.schema`.
 """
 from __future__ import annotations
 
@@ -24,7 +32,6 @@ import io
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import ClassVar
 
 import pyarrow as pa
@@ -37,45 +44,13 @@ from ..batch import DeadLetter, LoadResult, jsonable
 from ..db import db_reason, engine_for, is_postgres, redact
 from ..errors import EtlError, SpecError, TerminalError, TransientError
 from .base import Sink, SinkWriter
+from .ledger import Ledger
+from .schema import Column, columns_to_add
+from .sql_table import add_column, batch_columns, ensure_unique, new_table, quoted, reflect, table_columns
 
 MODES = ("insert", "upsert", "replace")
 ERROR_HANDLING = ("fail", "continue")
-LEDGER = "etl_batches"
 STAGING_SUFFIX = "__etl_staging"
-
-
-def ledger_table(metadata: sa.MetaData) -> sa.Table:
-    return sa.Table(LEDGER, metadata,
-                    sa.Column("pipeline", sa.String(200), primary_key=True),
-                    sa.Column("target", sa.String(200), primary_key=True),
-                    sa.Column("batch_id", sa.Text, primary_key=True),
-                    sa.Column("rows", sa.BigInteger, nullable=False),
-                    sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
-                    extend_existing=True)
-
-
-def column_type(type_: pa.DataType) -> sa.types.TypeEngine:
-    """The SQL type an Arrow type is stored as; nested values are stored as JSON text."""
-    if pa.types.is_dictionary(type_):
-        return column_type(type_.value_type)
-    if pa.types.is_boolean(type_):
-        return sa.Boolean()
-    if pa.types.is_integer(type_):
-        wide = type_.bit_width > 32 or (type_.bit_width == 32 and pa.types.is_unsigned_integer(type_))
-        return sa.BigInteger() if wide else sa.Integer()
-    if pa.types.is_floating(type_):
-        return sa.Float(precision=53)
-    if pa.types.is_decimal(type_):
-        return sa.Numeric(type_.precision, type_.scale)
-    if pa.types.is_timestamp(type_):
-        return sa.DateTime(timezone=type_.tz is not None)
-    if pa.types.is_date(type_):
-        return sa.Date()
-    if pa.types.is_time(type_):
-        return sa.Time()
-    if pa.types.is_binary(type_) or pa.types.is_large_binary(type_):
-        return sa.LargeBinary()
-    return sa.Text()
 
 
 @dataclass(frozen=True)
@@ -137,14 +112,14 @@ class DatabaseWriter(SinkWriter):
         self.sink, self.pipeline = sink, pipeline
         self.engine = engine_for(sink.url)
         self.postgres = is_postgres(self.engine)
-        self.ledger = ledger_table(sa.MetaData(schema=sink.schema))
+        self.ledger = Ledger(pipeline, f"{sink.schema}.{sink.table}" if sink.schema else sink.table, sink.schema)
         self.name = sink.table + STAGING_SUFFIX if sink.mode == "replace" else sink.table
         self.upserting = sink.mode == "upsert" or (sink.mode == "replace" and bool(sink.key_fields))
-        self.key = {"pipeline": pipeline, "target": f"{sink.schema}.{sink.table}" if sink.schema else sink.table}
         self.target: sa.Table | None = None
+        self.held: tuple[Column, ...] = ()
         self.staged: dict[str, int] = {}
         self.copies = 0
-        self._ddl(self._create_ledger)
+        self._ddl(self.ledger.create)
         if sink.mode == "replace":
             self._ddl(lambda conn: conn.execute(sa.text(f"DROP TABLE IF EXISTS {self._quoted(self.name)}")))
 
@@ -152,7 +127,8 @@ class DatabaseWriter(SinkWriter):
 
     def write(self, table: pa.Table, batch_id: str) -> LoadResult:
         """Write one batch in one transaction with its ledger row; a batch id already
-        in the ledger writes nothing."""
+        in the ledger writes nothing. The table first gains the batch's new columns
+        (see :mod:`etl_actors.sinks.schema`); a type change raises TerminalError."""
         if table.num_columns == 0:
             return LoadResult(loaded=0)
         try:
@@ -178,24 +154,26 @@ class DatabaseWriter(SinkWriter):
             if self.postgres:
                 conn.execute(sa.text(f"ALTER INDEX IF EXISTS {self._quoted(self.name + '_pkey')} "
                                      f"RENAME TO {self._prep.quote(self.sink.table + '_pkey')}"))
-            conn.execute(self.ledger.delete().where(*self._ledger_key(), self.ledger.c.batch_id.in_(list(self.staged))))
+            self.ledger.forget(conn, self.staged)
             for batch_id, rows in self.staged.items():
-                self._record(conn, batch_id, rows)
-        self.target, self.staged = None, {}
+                self.ledger.record(conn, batch_id, rows)
+        self.target, self.held, self.staged = None, (), {}
 
     # --- one batch ---------------------------------------------------------------------
 
     def _write(self, table: pa.Table, batch_id: str, how) -> LoadResult:
         """One transaction: check the ledger, write the rows ``how`` says, record."""
-        target = self._target(table.schema)
-        rows = self._prepare(table, target)
+        target = self._target(table.schema, batch_id)
+        rows = _prepare(table, target) if target is not None else None
+        if rows is None or rows.num_columns == 0:
+            return LoadResult(loaded=0)  # only columns without values, none of them in the table
         with self.engine.begin() as conn:
-            recorded = self.staged.get(batch_id) if self.sink.mode == "replace" else self._recorded(conn, batch_id)
+            recorded = self._recorded(conn, batch_id)
             if recorded is not None:
                 return LoadResult(loaded=recorded, duplicate=True)
             result = how(conn, target, rows)
             if self.sink.mode != "replace":
-                self._record(conn, batch_id, result.loaded)
+                self.ledger.record(conn, batch_id, result.loaded)
         if self.sink.mode == "replace":
             self.staged[batch_id] = result.loaded
         return result
@@ -212,7 +190,7 @@ class DatabaseWriter(SinkWriter):
 
     def _row_by_row(self, conn, target: sa.Table, rows: pa.Table) -> LoadResult:
         """Each row in its own savepoint; the refused ones become dead letters."""
-        statement, dead = self._row_statement(target), []
+        statement, dead = self._row_statement(target, rows.column_names), []
         for row in rows.to_pylist():
             try:
                 with conn.begin_nested():
@@ -226,7 +204,7 @@ class DatabaseWriter(SinkWriter):
     def _upsert(self, conn, target: sa.Table, rows: pa.Table) -> None:
         rows = _last_per_key(rows, self.sink.key_fields)
         if not (self.postgres and _copyable(rows)):
-            statement = self._row_statement(target)
+            statement = self._row_statement(target, rows.column_names)
             for chunk in _chunks(rows, self.sink.batch_size):
                 conn.execute(statement, chunk.to_pylist())
             return
@@ -255,107 +233,85 @@ class DatabaseWriter(SinkWriter):
                     copy.write(buffer.getvalue())
         self.copies += 1
 
-    def _row_statement(self, target: sa.Table):
+    def _row_statement(self, target: sa.Table, columns: list[str]):
+        """Insert, or upsert updating the batch's own columns (a column the batch lacks
+        keeps its value in an existing row, as in the COPY path)."""
         if not self.upserting:
             return target.insert()
         statement = (postgresql if self.postgres else sqlite).insert(target)
         keys = list(self.sink.key_fields)
-        updates = {c.name: statement.excluded[c.name] for c in target.columns if c.name not in keys}
+        updates = {c: statement.excluded[c] for c in columns if c not in keys}
         if not updates:
             return statement.on_conflict_do_nothing(index_elements=keys)
         return statement.on_conflict_do_update(index_elements=keys, set_=updates)
 
     # --- the table -----------------------------------------------------------------------
 
-    def _target(self, schema: pa.Schema) -> sa.Table:
-        """The table written to: reflected, or created from ``schema`` when missing."""
-        if self.target is not None:
-            return self.target
-        try:
-            with self.engine.begin() as conn:
-                self.target = self._reflect_or_create(conn, schema)
-        except sa.exc.DBAPIError as exc:
-            raise self._error(exc, "", self._classify(exc)) from None
+    def _target(self, batch: pa.Schema, batch_id: str) -> sa.Table | None:
+        """The table written to, holding every column of the batch that has values:
+        created from the batch or evolved by the rule. None while no batch had a
+        column with values."""
+        if self.target is None or self._columns_to_add(batch, batch_id):
+            self._ddl_steps(lambda: self._evolve(batch, batch_id))
         return self.target
 
-    def _reflect_or_create(self, conn, schema: pa.Schema) -> sa.Table:
-        if sa.inspect(conn).has_table(self.name, schema=self.sink.schema):
-            target = sa.Table(self.name, sa.MetaData(schema=self.sink.schema), autoload_with=conn)
+    def _evolve(self, batch: pa.Schema, batch_id: str) -> None:
+        """Reflect the table (or create it), add the batch's new columns, reflect again."""
+        with self.engine.begin() as conn:
+            target = reflect(conn, self.name, self.sink.schema)
+            self._use(self._create(conn, batch, batch_id) if target is None else target)
+        if self.target is None:
+            return
+        for column in self._columns_to_add(batch, batch_id):
+            add_column(self.engine, self.name, self.sink.schema, batch.field(column.name))
+        with self.engine.begin() as conn:
+            self._use(reflect(conn, self.name, self.sink.schema))
             if self.upserting:
-                self._ensure_unique(conn)
-            return target
+                ensure_unique(conn, self.name, self.sink.schema, self.sink.key_fields)
+        self._columns_to_add(batch, batch_id)  # a concurrent writer's column may hold another type
+
+    def _create(self, conn, batch: pa.Schema, batch_id: str) -> sa.Table | None:
         if not (self.sink.create_table or self.sink.mode == "replace"):
             raise TerminalError(f"table {self.sink.table!r} does not exist and createTable is false",
                                 table=self.sink.table)
-        target = self._table_for(schema)
-        target.create(conn)
-        return target
+        fields = [batch.field(c.name) for c in columns_to_add((), batch_columns(batch, self.postgres), batch_id,
+                                                               self._where)]
+        if not fields:
+            return None
+        if missing := [k for k in self.sink.key_fields if k not in [f.name for f in fields]]:
+            raise TerminalError(f"key fields {missing} are not columns of the batch with values "
+                                f"(columns: {batch.names})", table=self.sink.table)
+        table = new_table(self.name, self.sink.schema, fields, self.sink.key_fields)
+        table.create(conn)
+        return table
 
-    def _table_for(self, schema: pa.Schema) -> sa.Table:
-        keys = self.sink.key_fields
-        missing = [k for k in keys if k not in schema.names]
-        if missing:
-            raise TerminalError(f"key fields {missing} are not columns of the batch (columns: {schema.names})",
-                                table=self.sink.table)
-        columns = [sa.Column(f.name, column_type(f.type), primary_key=f.name in keys,
-                             nullable=f.name not in keys, autoincrement=False) for f in schema]
-        return sa.Table(self.name, sa.MetaData(schema=self.sink.schema), *columns)
+    def _columns_to_add(self, batch: pa.Schema, batch_id: str) -> tuple[Column, ...]:
+        """The rule applied to the table as last reflected; raises on a type change."""
+        return columns_to_add(self.held, batch_columns(batch, self.postgres), batch_id, self._where,
+                              self.sink.key_fields)
 
-    def _ensure_unique(self, conn) -> None:
-        """Upserts need a unique index on the key fields; make one if the table has none."""
-        keys, inspector, schema = set(self.sink.key_fields), sa.inspect(conn), self.sink.schema
-        if set(inspector.get_pk_constraint(self.name, schema=schema)["constrained_columns"]) == keys:
-            return
-        uniques = inspector.get_unique_constraints(self.name, schema=schema)
-        uniques += [i for i in inspector.get_indexes(self.name, schema=schema) if i["unique"]]
-        if any(set(u["column_names"]) == keys for u in uniques):
-            return
-        columns = ", ".join(self._prep.quote(k) for k in self.sink.key_fields)
-        conn.execute(sa.text(f"CREATE UNIQUE INDEX {self._prep.quote(self.name + '__etl_key')} "
-                             f"ON {self._quoted(self.name)} ({columns})"))
+    def _use(self, target: sa.Table | None) -> None:
+        self.target = target
+        self.held = () if target is None else table_columns(target, self.engine.dialect, self.postgres)
 
-    def _prepare(self, table: pa.Table, target: sa.Table) -> pa.Table:
-        """The batch as the target takes it: known columns, nested values as JSON text."""
-        extra = [c for c in table.column_names if c not in target.c.keys()]
-        if extra:
-            raise TerminalError(f"columns {extra} of the batch are not in table {self.sink.table!r}",
-                                table=self.sink.table)
-        columns = []
-        for name, column in zip(table.column_names, table.columns):
-            if pa.types.is_dictionary(column.type):
-                column = pc.cast(column, column.type.value_type)
-            columns.append(_json_text(column) if pa.types.is_nested(column.type) else column)
-        return pa.table(columns, names=table.column_names)
+    @property
+    def _where(self) -> str:
+        return f"table {self.sink.table!r}"
 
     # --- the ledger ------------------------------------------------------------------------
 
-    def _create_ledger(self, conn) -> None:
-        try:
-            with conn.begin_nested():
-                self.ledger.create(conn, checkfirst=True)
-        except sa.exc.DBAPIError:
-            if not sa.inspect(conn).has_table(LEDGER, schema=self.sink.schema):
-                raise  # not a race with another loader creating it
-
     def _recorded(self, conn, batch_id: str) -> int | None:
-        query = sa.select(self.ledger.c.rows).where(*self._ledger_key(), self.ledger.c.batch_id == batch_id)
-        return conn.execute(query).scalar()
-
-    def _ledger_key(self) -> list:
-        return [self.ledger.c[name] == value for name, value in self.key.items()]
+        """Rows of ``batch_id`` written before: staged in this run (replace) or in the ledger."""
+        return self.staged.get(batch_id) if self.sink.mode == "replace" else self.ledger.recorded(conn, batch_id)
 
     def _recorded_now(self, batch_id: str) -> int | None:
         if self.sink.mode == "replace":
             return None
         try:
             with self.engine.connect() as conn:
-                return self._recorded(conn, batch_id)
+                return self.ledger.recorded(conn, batch_id)
         except sa.exc.DBAPIError:
             return None
-
-    def _record(self, conn, batch_id: str, rows: int) -> None:
-        conn.execute(self.ledger.insert().values(**self.key, batch_id=batch_id, rows=rows,
-                                                 loaded_at=datetime.now(timezone.utc)))
 
     # --- errors and names ------------------------------------------------------------------
 
@@ -384,9 +340,17 @@ class DatabaseWriter(SinkWriter):
         return kind(message, table=self.sink.table, batch_id=batch_id)
 
     def _ddl(self, action) -> None:
-        try:
+        """Run ``action(conn)`` in a transaction of its own."""
+        def run():
             with self.engine.begin() as conn:
                 action(conn)
+        self._ddl_steps(run)
+
+    def _ddl_steps(self, steps) -> None:
+        """Run ``steps()`` (which opens its own transactions); database errors become
+        ours, naming the table."""
+        try:
+            steps()
         except sa.exc.DBAPIError as exc:
             raise self._error(exc, "", self._classify(exc)) from None
 
@@ -395,8 +359,20 @@ class DatabaseWriter(SinkWriter):
         return self.engine.dialect.identifier_preparer
 
     def _quoted(self, name: str) -> str:
-        quoted = self._prep.quote(name)
-        return f"{self._prep.quote_schema(self.sink.schema)}.{quoted}" if self.sink.schema else quoted
+        return quoted(self.engine.dialect, name, self.sink.schema)
+
+
+def _prepare(table: pa.Table, target: sa.Table) -> pa.Table:
+    """The batch as the target takes it: the columns the table has (a new column
+    without values is left out), dictionaries decoded, nested values as JSON text."""
+    names = [n for n in table.column_names if n in target.c]
+    columns = []
+    for name in names:
+        column = table.column(name)
+        if pa.types.is_dictionary(column.type):
+            column = pc.cast(column, column.type.value_type)
+        columns.append(_json_text(column) if pa.types.is_nested(column.type) else column)
+    return pa.table(columns, names=names)
 
 
 def _chunks(table: pa.Table, size: int):

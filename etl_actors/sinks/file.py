@@ -7,6 +7,20 @@ name in the same folder and then renamed over the final name, so a replayed batc
 replaces its own file. A crash leaves at most a temporary ``.part-*.tmp`` file, which
 the next :meth:`FileSink.open` removes (readers, including the file source, ignore
 names starting with '.').
+
+Schema: one per dataset folder, across runs and whichever batch lands first. It is
+kept in ``_common_metadata`` (a Parquet footer, whatever the format; readers ignore
+names starting with '_'), which gains a batch's new columns (nullable) before the
+first file that holds them is written; every file is the batch conformed to it: its
+columns in dataset order (the CSV header and NDJSON keys too), missing ones as nulls,
+each cast to the dataset's type. A column whose type changes fails the batch with a
+TerminalError naming the column, the batch and both types. A file never holds a
+column in another type than the dataset's, but files written before a column was
+added lack it: read Parquet with the dataset schema, e.g.
+``ds.dataset(path, schema=pq.read_schema(f"{path}/_common_metadata"))``. The rule is
+stated in :mod:`etl_actors.sinks.schema`.
+
+NDJSON holds strict JSON: NaN and the infinities are written as ``null``.
 """
 from __future__ import annotations
 
@@ -26,10 +40,12 @@ from ..batch import LoadResult, jsonable
 from ..errors import SpecError, TerminalError, TransientError
 from ..sources.file import filesystem
 from .base import Sink, SinkWriter
+from .schema import conform, evolved
 
 FORMATS = ("parquet", "csv", "ndjson")
 COMPRESSIONS = ("snappy", "gzip", "zstd", "brotli", "lz4", "none")
 _EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "ndjson": ".ndjson"}
+SCHEMA_FILE = "_common_metadata"
 
 
 def file_name(batch_id: str, format: str) -> str:
@@ -72,12 +88,16 @@ class FileSink(Sink):
     def open(self, pipeline: str) -> "FileWriter":
         return FileWriter(self)
 
+    def writes_files_in(self) -> str:
+        return self.path
+
     def describe(self) -> dict:
         return {"type": self.type, "path": self.path, "format": self.format, "compression": self.compression}
 
 
 class FileWriter(SinkWriter):
-    """An open :class:`FileSink`: the folder exists and stale temporary files are gone."""
+    """An open :class:`FileSink`: the folder exists, stale temporary files are gone and
+    ``schema`` is the dataset's (empty for a new dataset)."""
 
     def __init__(self, sink: FileSink):
         self.sink = sink
@@ -85,11 +105,16 @@ class FileWriter(SinkWriter):
         try:
             self.fs.create_dir(self.root, recursive=True)
             self._remove_temporaries()
+            self.schema = self._stored_schema()
         except OSError as exc:
             raise TransientError(f"cannot open {sink.path!r}: {exc}") from None
 
     def write(self, table: pa.Table, batch_id: str) -> LoadResult:
-        """Write the batch to its own file (replacing it if the batch is replayed)."""
+        """Write the batch, conformed to the dataset schema, to its own file (replacing
+        it if the batch is replayed); a type change raises TerminalError."""
+        table = conform(table, self._schema_for(table.schema, batch_id), batch_id, self._where)
+        if table.num_columns == 0:
+            return LoadResult(loaded=0)  # only columns without values, and a dataset without columns
         final = f"{self.root}/{file_name(batch_id, self.sink.format)}"
         temp = f"{self.root}/.part-{uuid.uuid4().hex}.tmp"
         try:
@@ -100,11 +125,53 @@ class FileWriter(SinkWriter):
             self._discard(temp)
             raise TransientError(f"cannot write batch {batch_id!r} to {self.sink.path!r}: {exc}",
                                  batch_id=batch_id) from None
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
             self._discard(temp)
             raise TerminalError(f"cannot write batch {batch_id!r} as {self.sink.format}: {exc}",
                                 batch_id=batch_id) from None
         return LoadResult(loaded=table.num_rows)
+
+    # --- the dataset schema ----------------------------------------------------------
+
+    def _schema_for(self, batch: pa.Schema, batch_id: str) -> pa.Schema:
+        """The dataset schema with the batch's new columns, stored before it is used;
+        another writer's columns stored meanwhile are kept."""
+        if evolved(self.schema, batch, batch_id, self._where) is self.schema:
+            return self.schema
+        try:
+            schema = evolved(self._stored_schema(), batch, batch_id, self._where)
+            self._store_schema(schema)
+        except OSError as exc:
+            raise TransientError(f"cannot write the schema of {self.sink.path!r}: {exc}", batch_id=batch_id) from None
+        self.schema = schema
+        return schema
+
+    def _stored_schema(self) -> pa.Schema:
+        path = f"{self.root}/{SCHEMA_FILE}"
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return pa.schema([])
+        try:
+            with self.fs.open_input_file(path) as stream:
+                return pq.read_schema(stream).remove_metadata()
+        except pa.ArrowInvalid as exc:
+            raise TerminalError(f"cannot read the dataset schema {path!r}: {exc}") from None
+
+    def _store_schema(self, schema: pa.Schema) -> None:
+        """Atomically: a temporary file renamed over ``_common_metadata``."""
+        temp = f"{self.root}/.part-{uuid.uuid4().hex}.tmp"
+        try:
+            with self.fs.open_output_stream(temp) as stream:
+                pq.write_metadata(schema, stream)
+            self.fs.move(temp, f"{self.root}/{SCHEMA_FILE}")
+        except OSError:
+            self._discard(temp)
+            raise
+
+    @property
+    def _where(self) -> str:
+        return f"the dataset at {self.sink.path!r}"
+
+    # --- files -------------------------------------------------------------------------
 
     def _encode(self, table: pa.Table, stream) -> None:
         if self.sink.format == "parquet":
@@ -114,8 +181,8 @@ class FileWriter(SinkWriter):
             pcsv.write_csv(csv_ready(table), stream)
         else:
             buffer = io.StringIO()
-            for row in table.to_pylist():
-                buffer.write(json.dumps(jsonable(row), ensure_ascii=False) + "\n")
+            for row in table.to_pylist():  # jsonable makes NaN and the infinities None
+                buffer.write(json.dumps(jsonable(row), ensure_ascii=False, allow_nan=False) + "\n")
             stream.write(buffer.getvalue().encode())
 
     def _remove_temporaries(self) -> None:

@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
+
+from etl_actors.errors import TerminalError
 
 
 def people(ids, name="p") -> pa.Table:
@@ -54,3 +57,17 @@ class SinkContract:
     def test_empty_batch_writes_nothing(self, sink):
         load(sink, (people([]), "b0"), (people([1]), "b1"))
         assert self.ids(sink) == [1]
+
+    @pytest.mark.parametrize("extra_first", [False, True])
+    def test_a_new_column_gives_the_same_rows_whichever_batch_lands_first(self, sink, extra_first):
+        a = (people([1, 2]), "a.csv#0")
+        b = (people([3, 4]).append_column("extra", pa.array(["x", None])), "b.csv#0")
+        load(sink, *((b, a) if extra_first else (a, b)))
+        rows = sorted(({"extra": None} | row for row in self.rows(sink)), key=lambda row: row["id"])
+        assert [(r["id"], r["name"], r["extra"]) for r in rows] == [
+            (1, "p1", None), (2, "p2", None), (3, "p3", "x"), (4, "p4", None)]
+
+    def test_a_type_change_is_refused_naming_the_column_and_the_batch(self, sink):
+        changed = people([2]).set_column(2, "score", pa.array(["high"]))
+        with pytest.raises(TerminalError, match=r"column 'score' of batch 'b\.csv#0' is string, but .* has it as "):
+            load(sink, (people([1]), "a.csv#0"), (changed, "b.csv#0"))

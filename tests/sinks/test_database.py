@@ -8,12 +8,13 @@ import sqlalchemy as sa
 from etl_actors.db import engine_for
 from etl_actors.errors import SpecError, TerminalError
 from etl_actors.sinks.database import DatabaseSink
+from etl_actors.sinks.sql_table import sql_family
 from etl_actors.spec import Section, SpecContext
 
 from .kit import SinkContract, load, people
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/sink.db"
@@ -23,6 +24,12 @@ def db_url(request, tmp_path):
 def select(url, sql="SELECT * FROM people ORDER BY id") -> list[dict]:
     with engine_for(url).connect() as conn:
         return [dict(row._mapping) for row in conn.execute(sa.text(sql))]
+
+
+def columns(url, table="people") -> dict[str, str | None]:
+    """The table's columns and their families, in table order."""
+    with engine_for(url).connect() as conn:
+        return {c["name"]: sql_family(c["type"], zones=True) for c in sa.inspect(conn).get_columns(table)}
 
 
 def execute(url, *statements):
@@ -124,6 +131,7 @@ def test_fail_mode_raises_naming_table_and_batch_and_writes_nothing(db_url):
     assert select(db_url) == [] and select(db_url, "SELECT * FROM etl_batches") == []
 
 
+@pytest.mark.postgres
 def test_postgres_insert_and_upsert_go_through_copy(pg_schema):
     for sink in (DatabaseSink(url=pg_schema, table="people"),
                  DatabaseSink(url=pg_schema, table="keyed", mode="upsert", key_fields=("id",))):
@@ -185,3 +193,104 @@ def test_insert_mode_with_key_fields_appends_and_refuses_a_repeated_key(db_url):
     [result] = load(sink, (people([2, 3], name="new"), "b2"))
     assert (result.loaded, result.failed) == (1, 1)
     assert [(r["id"], r["name"]) for r in select(db_url)] == [(1, "p1"), (2, "p2"), (3, "new3")]
+
+
+# --- schema evolution: the table does not depend on which batch lands first ----------
+
+A_CSV = (pa.table({"id": [1, 2], "v": [10, 20]}), "a.csv#0")
+B_CSV = (pa.table({"id": [3, 4], "v": [30, 40], "extra": ["x", None]}), "b.csv#0")
+ROWS = [{"id": 1, "v": 10, "extra": None}, {"id": 2, "v": 20, "extra": None},
+        {"id": 3, "v": 30, "extra": "x"}, {"id": 4, "v": 40, "extra": None}]
+
+
+@pytest.mark.parametrize("mode", ["insert", "upsert", "replace"])
+@pytest.mark.parametrize("order", [(A_CSV, B_CSV), (B_CSV, A_CSV)], ids=["extra-second", "extra-first"])
+def test_a_new_column_is_added_whichever_batch_lands_first(db_url, mode, order):
+    sink = DatabaseSink(url=db_url, table="people", mode=mode, key_fields=("id",) if mode == "upsert" else ())
+    load(sink, *order)
+    assert columns(db_url) == {"id": "integer", "v": "integer", "extra": "text"}
+    assert select(db_url) == ROWS
+
+
+@pytest.mark.parametrize("order", [(A_CSV, B_CSV), (B_CSV, A_CSV)], ids=["extra-second", "extra-first"])
+def test_a_new_column_is_added_by_a_later_run(db_url, order):
+    sink = DatabaseSink(url=db_url, table="people")
+    for batch in order:
+        load(sink, batch)
+    assert sorted(columns(db_url)) == ["extra", "id", "v"] and select(db_url) == ROWS
+
+
+@pytest.mark.parametrize("mode", ["insert", "replace"])
+def test_a_type_change_is_refused_naming_column_batch_and_both_types(db_url, mode):
+    sink = DatabaseSink(url=db_url, table="people", mode=mode, error_handling="continue")
+    writer = sink.open("p1")
+    writer.write(pa.table({"id": [1], "v": [10]}), "a.csv#0")
+    with pytest.raises(TerminalError) as caught:
+        writer.write(pa.table({"id": [2], "v": ["ten"]}), "b.csv#0")
+    assert str(caught.value) == ("column 'v' of batch 'b.csv#0' is string, but table 'people' has it as BIGINT; "
+                                 "type changes are refused (schema evolution only adds nullable columns)")
+    writer.finish()
+    assert select(db_url) == [{"id": 1, "v": 10}]
+    assert [r["batch_id"] for r in select(db_url, "SELECT batch_id FROM etl_batches")] == ["a.csv#0"]
+
+
+def test_an_integer_batch_widens_into_a_float_column_and_a_float_batch_is_refused_from_an_integer_one(db_url):
+    sink = DatabaseSink(url=db_url, table="people")
+    load(sink, (people([1]), "a.csv#0"), (pa.table({"id": [2], "score": [3]}), "b.csv#0"))
+    assert [r["score"] for r in select(db_url)] == [1.5, 3.0]
+    with pytest.raises(TerminalError, match="column 'id' of batch 'c.csv#0' is double, but table 'people' has it "
+                                            "as BIGINT"):
+        load(sink, (pa.table({"id": [2.5]}), "c.csv#0"))
+
+
+def test_replace_takes_the_schema_of_the_new_run(db_url):
+    load(DatabaseSink(url=db_url, table="people"), (pa.table({"id": [1], "v": [10]}), "a.csv#0"))
+    load(DatabaseSink(url=db_url, table="people", mode="replace"), (pa.table({"id": [2], "v": ["ten"]}), "a.csv#0"))
+    assert columns(db_url) == {"id": "integer", "v": "text"} and select(db_url) == [{"id": 2, "v": "ten"}]
+
+
+@pytest.mark.parametrize("empty_first", [True, False])
+def test_a_column_without_values_waits_for_a_batch_with_values(db_url, empty_first):
+    empty = (pa.table({"id": [1], "note": pa.nulls(1)}), "a.csv#0")
+    typed = (pa.table({"id": [2], "note": [7]}), "b.csv#0")
+    load(DatabaseSink(url=db_url, table="people"), *((empty, typed) if empty_first else (typed, empty)))
+    assert columns(db_url) == {"id": "integer", "note": "integer"}
+    assert select(db_url) == [{"id": 1, "note": None}, {"id": 2, "note": 7}]
+
+
+def test_upsert_of_a_batch_without_a_column_keeps_its_value(db_url):
+    sink = DatabaseSink(url=db_url, table="people", mode="upsert", key_fields=("id",))
+    load(sink, (pa.table({"id": [1, 2], "v": [10, 20], "extra": ["x", "y"]}), "b.csv#0"))
+    load(sink, (pa.table({"id": [1, 3], "v": [11, 30]}), "a.csv#0"))
+    assert select(db_url) == [{"id": 1, "v": 11, "extra": "x"}, {"id": 2, "v": 20, "extra": "y"},
+                              {"id": 3, "v": 30, "extra": None}]
+
+
+def test_upsert_refuses_a_key_field_the_table_lacks(db_url):
+    execute(db_url, "CREATE TABLE people (v BIGINT)")
+    sink = DatabaseSink(url=db_url, table="people", mode="upsert", key_fields=("id",))
+    with pytest.raises(TerminalError, match=r"key fields \['id'\] are not columns of table 'people'; a new column "
+                                            r"is never a key"):
+        load(sink, (pa.table({"id": [1], "v": [10]}), "a.csv#0"))
+
+
+def test_a_user_table_with_columns_of_unknown_types_still_loads_and_evolves(db_url):
+    postgres = db_url.startswith("postgresql")
+    execute(db_url, f"CREATE TABLE people (id BIGINT, doc {'JSONB' if postgres else 'JSON'}, "
+                    f"code {'UUID' if postgres else 'SOMETHING_ELSE'})")
+    code = "6f1c1c9e-0c7a-4a55-9a53-2d1d1b0a2f10"
+    load(DatabaseSink(url=db_url, table="people"), (pa.table({"id": [1], "doc": ['{"a": 1}'], "code": [code],
+                                                              "extra": [True]}), "a.csv#0"))
+    [row] = select(db_url)
+    assert (row["id"], str(row["code"]), bool(row["extra"])) == (1, code, True)
+    assert columns(db_url)["extra"] == "boolean"
+
+
+@pytest.mark.postgres
+def test_postgres_refuses_naive_timestamps_into_a_zoned_column(pg_schema):
+    sink = DatabaseSink(url=pg_schema, table="events")
+    at = datetime(2024, 5, 1, 12, 30)
+    load(sink, (pa.table({"at": pa.array([at.replace(tzinfo=timezone.utc)], pa.timestamp("us", "UTC"))}), "a#0"))
+    with pytest.raises(TerminalError, match="column 'at' of batch 'b#0' is timestamp\\[us\\], but table 'events' "
+                                            "has it as TIMESTAMP WITH TIME ZONE"):
+        load(sink, (pa.table({"at": pa.array([at], pa.timestamp("us"))}), "b#0"))

@@ -3,11 +3,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from etl_actors.errors import SpecError
-from etl_actors.sinks.file import FileSink
+from etl_actors.errors import SpecError, TerminalError
+from etl_actors.sinks.file import FileSink, file_name
 from etl_actors.sources.file import FileSource
 from etl_actors.spec import Section, SpecContext
 
@@ -82,3 +83,84 @@ def test_batch_destination_shape(tmp_path):
     assert sink.path == f"{tmp_path}/lake/orders"
     with pytest.raises(SpecError, match=r"batch.destination.format: 'xls' is not one of parquet, csv, ndjson"):
         FileSink.from_spec(Section({"type": "file", "path": "x", "format": "xls"}, "batch.destination"), SpecContext())
+
+
+def test_writes_files_in_its_path(tmp_path):
+    assert FileSink(path=str(tmp_path / "out"), format="csv").writes_files_in() == str(tmp_path / "out")
+
+
+# --- one schema per dataset, whichever batch lands first -----------------------------
+
+A_CSV = (pa.table({"id": [1, 2], "v": pa.array([10, 20], pa.int32())}), "a.csv#0")
+B_CSV = (pa.table({"id": [3, 4], "v": [30, 40], "extra": ["x", None]}), "b.csv#0")
+C_CSV = (pa.table({"extra": ["y"], "v": [50], "id": [5]}), "c.csv#0")
+DATASET = pa.schema([("id", pa.int64()), ("v", pa.int64()), ("extra", pa.string())])
+ROWS = [{"id": 1, "v": 10, "extra": None}, {"id": 2, "v": 20, "extra": None},
+        {"id": 3, "v": 30, "extra": "x"}, {"id": 4, "v": 40, "extra": None}]
+ORDERS = pytest.mark.parametrize("order", [(A_CSV, B_CSV), (B_CSV, A_CSV)], ids=["extra-second", "extra-first"])
+
+
+def dataset_schema(path) -> pa.Schema:
+    return pq.read_schema(Path(path) / "_common_metadata")
+
+
+@ORDERS
+@pytest.mark.parametrize("runs", [1, 2])
+def test_parquet_dataset_has_one_schema_and_the_same_rows_in_either_order(tmp_path, order, runs):
+    sink = FileSink(path=str(tmp_path))
+    for batches in [order] if runs == 1 else [[batch] for batch in order]:
+        load(sink, *batches)
+    schema = dataset_schema(tmp_path)
+    assert schema == DATASET
+    for part in tmp_path.glob("part-*.parquet"):  # a file holds a prefix of the dataset's columns, same types
+        assert list(pq.read_schema(part)) == list(DATASET)[:len(pq.read_schema(part))]
+    table = ds.dataset(tmp_path, format="parquet", schema=schema).to_table()
+    assert sorted(table.to_pylist(), key=lambda r: r["id"]) == ROWS
+    assert sorted(({"extra": None} | r for r in read_folder(tmp_path)), key=lambda r: r["id"]) == ROWS
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "ndjson"])
+def test_a_type_change_is_refused_naming_column_batch_and_both_types(tmp_path, fmt):
+    sink = FileSink(path=str(tmp_path), format=fmt)
+    load(sink, A_CSV)
+    with pytest.raises(TerminalError) as caught:
+        load(sink, (pa.table({"id": [5], "v": ["ten"]}), "c.csv#0"))
+    assert str(caught.value) == (f"column 'v' of batch 'c.csv#0' is string, but the dataset at '{tmp_path}' has it "
+                                 "as int64; type changes are refused (schema evolution only adds nullable columns)")
+    assert len(list(tmp_path.glob("part-*"))) == 1 and dataset_schema(tmp_path) == DATASET.remove(2)
+
+
+def test_csv_header_and_ndjson_keys_follow_the_dataset(tmp_path):
+    load(FileSink(path=str(tmp_path / "csv"), format="csv"), A_CSV, C_CSV)
+    load(FileSink(path=str(tmp_path / "json"), format="ndjson"), A_CSV, C_CSV)
+    headers = {f.read_text().splitlines()[0] for f in (tmp_path / "csv").glob("part-*.csv")}
+    assert headers == {'"id","v"', '"id","v","extra"'}
+    keys = {tuple(json.loads(line)) for f in (tmp_path / "json").glob("part-*.ndjson")
+            for line in f.read_text().splitlines()}
+    assert keys == {("id", "v"), ("id", "v", "extra")}
+    load(FileSink(path=str(tmp_path / "csv"), format="csv"), A_CSV)  # a later run: every column, dataset order
+    assert pcsv.read_csv(tmp_path / "csv" / file_name("a.csv#0", "csv")).to_pylist() == [
+        {"id": 1, "v": 10, "extra": None}, {"id": 2, "v": 20, "extra": None}]
+
+
+def test_a_column_without_values_is_added_by_the_first_batch_with_values(tmp_path):
+    sink = FileSink(path=str(tmp_path))
+    load(sink, (pa.table({"id": [1], "note": pa.nulls(1)}), "a.csv#0"))
+    assert dataset_schema(tmp_path) == pa.schema([("id", pa.int64())])
+    load(sink, (pa.table({"id": [2], "note": [7.5]}), "b.csv#0"), (pa.table({"id": [3], "note": pa.nulls(1)}), "c#0"))
+    assert dataset_schema(tmp_path) == pa.schema([("id", pa.int64()), ("note", pa.float64())])
+    assert sorted(r.get("note") or 0 for r in read_folder(tmp_path)) == [0, 0, 7.5]
+
+
+def test_ndjson_is_strict_json_with_non_finite_floats_as_null(tmp_path):
+    table = pa.table({"id": [1, 2, 3, 4], "x": [float("nan"), float("inf"), float("-inf"), 1.5],
+                      "xs": [[float("nan")], [1.0], None, []]})
+    load(FileSink(path=str(tmp_path), format="ndjson"), (table, "b1"))
+    [written] = tmp_path.glob("part-*.ndjson")
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in written.read_text().splitlines()]
+    assert rows == [{"id": 1, "x": None, "xs": [None]}, {"id": 2, "x": None, "xs": [1.0]},
+                    {"id": 3, "x": None, "xs": None}, {"id": 4, "x": 1.5, "xs": []}]
