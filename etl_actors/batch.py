@@ -5,6 +5,7 @@ Tables travel as ``pyarrow.Table``; these wrappers carry the facts the superviso
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -58,6 +59,15 @@ class LoadResult:
     failed: int = 0
     duplicate: bool = False
     dead_letters: tuple[DeadLetter, ...] = field(default=(), repr=False)
+
+
+def table_digest(table: pa.Table, algorithm: str = "sha256", length: int = 24) -> str:
+    """A hex digest of a table's schema and rows (its Arrow IPC stream): equal tables,
+    equal digests, so an id made from it names the same rows on a replay."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.new(algorithm, sink.getvalue()).hexdigest()[:length]
 
 
 def is_done(position: Any) -> bool:

@@ -16,7 +16,8 @@ import traceback
 from typing import Sequence
 
 from .batch import jsonable
-from .errors import EtlError, RunInterrupted, SpecError, UsageError
+from .errors import EtlError, RunInterrupted, SpecError, UsageError, first_line
+from .events import pipeline_stream
 from .redaction import redact_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -152,7 +153,7 @@ def _cmd_events(args) -> int:
     from .eventlog import EventLog
     from .pipeline import resolve_log_url
 
-    log, stream = EventLog(resolve_log_url(args.log)), f"pipeline:{args.pipeline}"
+    log, stream = EventLog(resolve_log_url(args.log)), pipeline_stream(args.pipeline)
     position = log.last_position() if args.follow else 0
     for rec in log.read(stream, args.from_version):
         _print_event(rec)
@@ -199,7 +200,7 @@ class _ProgressBar:
         from .projections import progress
 
         self.log = EventLog(log_url)
-        self.stream = f"pipeline:{pipeline}"
+        self.stream = pipeline_stream(pipeline)
         self.state, self.position = progress.Progress(), self.log.last_position()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._follow, daemon=True)
@@ -282,8 +283,7 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     if isinstance(exc, (EtlError, RuntimeError)) and text:
         return " ".join(text.split())
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return first_line(exc, with_type=True)
 
 
 def entry() -> None:

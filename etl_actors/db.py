@@ -11,7 +11,8 @@ from functools import lru_cache
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
-from .redaction import redact_text, redact_url, split_userinfo
+from .errors import first_line
+from .redaction import redact_url, split_userinfo
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -41,12 +42,6 @@ def redact(url: str | URL) -> str:
         return redact_url(normalize_url(str(url) if isinstance(url, URL) else url).render_as_string(hide_password=True))
     except Exception:  # noqa: BLE001 - unparseable: still never shown with its secrets
         return redact_url(str(url))
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none),
-    with secrets hidden."""
-    return redact_text((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
 def db_reason(exc: BaseException) -> str:

@@ -15,6 +15,18 @@ def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
     return error
 
 
+def first_line(exc: BaseException, with_type: bool = False) -> str:
+    """The first line of an error's message (its type's name when it has none), with
+    every secret form hidden; ``with_type`` puts the type's name in front."""
+    from .redaction import redact_text
+
+    text = str(exc).strip()
+    line = redact_text(text.splitlines()[0]) if text else ""
+    if not line:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if with_type else line
+
+
 class _Portable:
     """Errors that survive a pickle round trip (they cross Ray between actors)."""
 

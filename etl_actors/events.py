@@ -26,6 +26,11 @@ def now() -> float:
     return time.time()
 
 
+def pipeline_stream(pipeline: str) -> str:
+    """The event stream a pipeline's supervisor writes."""
+    return f"pipeline:{pipeline}"
+
+
 @dataclass(frozen=True)
 class Event:
     """Base of every event. ``at`` is when the fact happened (epoch seconds), so

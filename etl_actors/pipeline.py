@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 from .errors import EtlError, RunInterrupted, SpecError
 from .eventlog import EventLog, check_durable
+from .events import pipeline_stream
 from .projections import runs as runs_projection
 from .projections import watermarks as watermarks_projection
 from .spec import PipelineSpec, anchor_sqlite, parse, parse_file
@@ -223,7 +224,7 @@ def stop_supervisor(supervisor) -> None:
 
 def pipeline_status(name: str, log_url: str, spec: PipelineSpec | None = None) -> dict:
     """What the log says of a pipeline: watermark, run count, the last run."""
-    recorded = EventLog(log_url).read(f"pipeline:{name}")
+    recorded = EventLog(log_url).read(pipeline_stream(name))
     runs = runs_projection.project(recorded)
     marks = watermarks_projection.project(recorded)
     view = spec.source.view_watermark if spec else None

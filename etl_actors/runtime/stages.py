@@ -8,14 +8,13 @@ retried batch does not write them twice.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
-from ..batch import DeadLetter, SourceBatch, StepResult
-from ..errors import StepFailed, TerminalError
+from ..batch import DeadLetter, SourceBatch, StepResult, table_digest
+from ..errors import StepFailed, TerminalError, first_line
 
 
 class Stage:
@@ -122,7 +121,7 @@ class Transformer(Stage):
         try:
             partial = self.blocking.partial(table)
         except Exception as exc:  # noqa: BLE001 - a blocking step cannot be skipped
-            raise StepFailed(f"step {self.blocking.id!r} failed: {_message(exc)}", step=self.blocking.id) from exc
+            raise StepFailed(f"step {self.blocking.id!r} failed: {first_line(exc, with_type=True)}", step=self.blocking.id) from exc
         report["steps"].append(_step_metrics(self.blocking.id, table.num_rows, table.num_rows, started, partial=True))
         return partial
 
@@ -140,10 +139,10 @@ class Transformer(Stage):
             result: StepResult = step.apply(table)
         except Exception as exc:  # noqa: BLE001 - the step's own failure, reported by id
             if step.required:
-                raise StepFailed(f"step {step.id!r} failed: {_message(exc)}", step=step.id) from exc
-            report["skipped"].append({"step": step.id, "error": _message(exc)})
+                raise StepFailed(f"step {step.id!r} failed: {first_line(exc, with_type=True)}", step=step.id) from exc
+            report["skipped"].append({"step": step.id, "error": first_line(exc, with_type=True)})
             report["steps"].append(_step_metrics(step.id, table.num_rows, table.num_rows, started,
-                                                 success=False, error=_message(exc)))
+                                                 success=False, error=first_line(exc, with_type=True)))
             return table
         if result.rejects:
             _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, f"transform:{step.id}",
@@ -163,11 +162,6 @@ def _step_metrics(step_id: str, rows_in: int, rows_out: int, started: float, suc
     if partial:
         metrics["partial"] = True
     return metrics
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Loader(Stage):
@@ -210,10 +204,7 @@ class Loader(Stage):
 
 def content_id(prefix: str, table: pa.Table) -> str:
     """A batch id derived from a table's contents: equal tables, equal ids."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return f"{prefix}:{hashlib.sha256(sink.getvalue()).hexdigest()[:24]}"
+    return f"{prefix}:{table_digest(table)}"
 
 
 

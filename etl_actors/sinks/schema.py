@@ -34,7 +34,7 @@ from typing import Sequence, Union
 
 import pyarrow as pa
 
-from ..errors import TerminalError
+from ..errors import TerminalError, first_line
 
 # "integer", "number", "text", ... or a tuple for nested types: ("list", item),
 # ("struct", ((name, family), ...)), ("map", key, item).
@@ -186,7 +186,7 @@ def _column(table: pa.Table, field: pa.Field, batch_id: str, where: str) -> pa.C
     try:
         return column.cast(field.type, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise TerminalError(f"column {field.name!r} of batch {batch_id!r} is {column.type}, and a value does not "
                             f"convert to {field.type} as {where} has it: {first}",
                             column=field.name, batch_id=batch_id) from None

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from ..batch import DeadLetter
+from ..columns import failing_values
 from .batching import Rows, Unreadable, block_size, grown_block
 from .text import bad_byte, head_problem, label, readable, text_stream
 
@@ -222,14 +223,7 @@ def _nulled(column: pa.Array, rows: list[int]) -> pa.Array:
     return pc.if_else(mask, pa.scalar(None, column.type), column)
 
 
-def _bad_rows(column: pa.Array, type_: pa.DataType, offset: int = 0) -> list[int]:
-    """Indices of values that do not cast to ``type_``: whole-column casts, bisecting
-    only the parts that fail."""
-    try:
-        pc.cast(column, type_, safe=True)
-        return []
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        if len(column) == 1:
-            return [offset]
-    half = len(column) // 2
-    return _bad_rows(column.slice(0, half), type_, offset) + _bad_rows(column.slice(half), type_, offset + half)
+def _bad_rows(column: pa.Array, type_: pa.DataType) -> list[int]:
+    """Indices of values that do not cast to ``type_``."""
+    return failing_values(column, lambda v: pc.cast(v, type_, safe=True),
+                          (pa.ArrowInvalid, pa.ArrowNotImplementedError))

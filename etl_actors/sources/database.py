@@ -22,7 +22,6 @@ timestamp cursors.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 import pyarrow as pa
 import sqlalchemy as sa
 
-from ..batch import SourceBatch, jsonable
+from ..batch import SourceBatch, jsonable, table_digest
 from ..db import db_reason, engine_for, redact
 from ..errors import SpecError, TerminalError, TransientError
 from .base import Source
@@ -266,7 +265,7 @@ class _Batches:
 
     def batch(self, rows, following, incoming: Any, start: int) -> SourceBatch:
         table = self.table(rows)
-        digest = _digest(table)
+        digest = table_digest(table, "sha1", 12)   # as ids were made before: a replay keeps its ids
         if self.cursor is None:
             return SourceBatch(table, f"{PARTITION}#{start}+{len(rows)}:{digest}", PARTITION, None)
         first, last = jsonable(rows[0][self.cursor]), jsonable(rows[-1][self.cursor])
@@ -324,9 +323,3 @@ def _not_behind(position: dict, floor: Any) -> dict:
     except TypeError:
         return position
 
-
-def _digest(table: pa.Table) -> str:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha1(sink.getvalue()).hexdigest()[:12]

@@ -35,7 +35,7 @@ import pyarrow.fs as pafs
 
 from ..batch import SourceBatch
 from ..batch import is_done as _is_done
-from ..errors import EtlError, SpecError, TerminalError, TransientError
+from ..errors import EtlError, SpecError, TerminalError, TransientError, first_line
 from ..redaction import ConnectionUrl, redact_text, redact_url
 from .base import Source
 from .batching import Rows, Unreadable, file_batches
@@ -254,8 +254,7 @@ def _reason(exc: BaseException) -> str:
     any secret hidden."""
     if isinstance(exc, UnicodeDecodeError):
         return f"not {exc.encoding} text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return redact_text(text)
+    return first_line(exc)
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,9 +30,9 @@ import pyarrow.compute as pc
 from ..batch import StepResult
 from ..errors import SpecError, TerminalError, TransientError
 from ..spec import Section, describe
+from ..sources.listing import format_of
 from .base import Transform, common_step_fields
 
-FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet"}
 _ROW, _RIGHT_ROW = "__etl_row", "__etl_right_row"
 
 
@@ -54,8 +53,7 @@ class Lookup:
         kind = section.get("type", types=str, choices=("file", "database"))
         if kind == "file":
             path = section.get("path", types=str)
-            suffix = os.path.splitext(path)[1].lower()
-            fmt = section.get("format", FORMATS.get(suffix), types=str, choices=("csv", "json", "parquet"))
+            fmt = section.get("format", format_of(path), types=str, choices=("csv", "json", "parquet"))
             if fmt is None:
                 raise SpecError(section.at("format"), f"is required: cannot tell the format of {path!r} "
                                                       "from its name (csv, json or parquet)")
@@ -200,7 +198,7 @@ def _read_file(path: str, fmt: str) -> pa.Table:
 def _read_database(lookup: Lookup) -> pa.Table:
     import sqlalchemy as sa
 
-    from ..db import engine_for, redact
+    from ..db import db_reason, engine_for, redact
 
     if lookup.table is not None:
         schema, _, name = lookup.table.rpartition(".")
@@ -212,7 +210,7 @@ def _read_database(lookup: Lookup) -> pa.Table:
             result = conn.execute(statement)
             names, rows = list(result.keys()), result.fetchall()
     except sa.exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        reason = db_reason(exc)
         error = TransientError if isinstance(exc, sa.exc.OperationalError) else TerminalError
         raise error(f"cannot read the lookup {lookup.describe()} from {redact(lookup.url)}: {reason}") from None
     columns = list(zip(*rows)) if rows else [[] for _ in names]

@@ -39,6 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..batch import StepResult, rows_as_dead_letters
+from ..columns import as_array as _array
+from ..columns import convert_each
 from ..errors import SpecError, TerminalError
 from ..expressions import Expression, compile_expression
 from ..spec import Section
@@ -229,10 +231,6 @@ def _with_default(values: pa.Array, m: FieldMapping) -> pa.Array:
                             f"values: {exc}", column=m.target) from None
 
 
-def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-
-
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -326,9 +324,6 @@ CONVERTERS: dict[str, Callable[[pa.Array, FieldMapping], pa.Array]] = {
     "json": _parse_json,
 }
 
-_VALUE_ERRORS = (pa.ArrowInvalid, ValueError)
-
-
 def _convert(values: pa.Array, name: str, m: FieldMapping) -> tuple[pa.Array, list[int]]:
     """``values`` converted, and the indices of those that cannot be (left null).
 
@@ -336,31 +331,11 @@ def _convert(values: pa.Array, name: str, m: FieldMapping) -> tuple[pa.Array, li
     find the values at fault, so the cost of bad rows grows with their number.
     """
     fn = CONVERTERS[name]
-    pieces: list[pa.Array | int] = []
-    bad: list[int] = []
     try:
-        _bisect(values, lambda v: fn(v, m), 0, pieces, bad)
+        return convert_each(values, lambda v: fn(v, m))
     except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         raise TerminalError(f"mapping {m.target!r}: cannot apply {name} to {values.type} values: {exc}",
                             column=m.target) from None
-    if not bad:
-        return pieces[0], bad
-    kind = next((p.type for p in pieces if not isinstance(p, int)), pa.null())
-    return pa.concat_arrays([pa.nulls(p, kind) if isinstance(p, int) else p.cast(kind) for p in pieces]), bad
-
-
-def _bisect(values: pa.Array, fn: Callable, offset: int, pieces: list, bad: list[int]) -> None:
-    try:
-        pieces.append(_array(fn(values)))
-        return
-    except _VALUE_ERRORS:
-        if len(values) == 1:
-            pieces.append(1)
-            bad.append(offset)
-            return
-    half = len(values) // 2
-    _bisect(values.slice(0, half), fn, offset, pieces, bad)
-    _bisect(values.slice(half), fn, offset + half, pieces, bad)
 
 
 # --- assembling the output ---------------------------------------------------------------
