@@ -249,3 +249,36 @@ def test_events_follow_prints_what_is_appended_to_this_pipeline_only(tmp_path):
     follower.send_signal(signal.SIGINT)
     rest, stderr = follower.communicate(timeout=30)
     assert follower.returncode == 0 and rest == "" and "Traceback" not in stderr
+
+
+def strict_json(line: str):
+    def refuse(constant):
+        raise ValueError(f"bare {constant} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_json_output_never_holds_bare_nan_or_infinity(tmp_path, orders_spec):
+    (tmp_path / "in" / "orders.csv").write_text("order_id,amount,status,score\n1,abc,paid,nan\n2,5,paid,inf\n")
+    log = f"sqlite:///{tmp_path}/events.db"
+    run = cli("run", str(orders_spec), "--local", "--json", "--log", log)
+    letters = [strict_json(line) for line in cli("dlq", "cli-orders", "--log", log, "--json").stdout.splitlines()]
+    events = [strict_json(line) for line in cli("events", "cli-orders", "--log", log).stdout.splitlines()]
+    assert strict_json(run.stdout.strip().splitlines()[-1])["recordsRejected"] == 1 and events
+    assert [(d["record"]["order_id"], d["record"]["score"]) for d in letters] == [(1, None)]
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(tmp_path):
+    import sqlalchemy as sa
+
+    from etl_actors.eventlog import EventLog
+    from etl_actors.events import PhaseStarted
+
+    log = f"sqlite:///{tmp_path}/events.db"
+    EventLog(log).append("pipeline:p", [PhaseStarted(run_id="r", phase="extract")], 0)
+    with sa.create_engine(log).begin() as conn:      # a payload that is not msgpack: a damaged log
+        conn.execute(sa.text("UPDATE etl_events SET payload = x'c1c1c1'"))
+    plain = cli("events", "p", "--log", log)
+    assert plain.returncode == 1 and plain.stderr.count("\n") == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.startswith("etl-actors: ") and "--debug shows the traceback" in plain.stderr
+    debug = cli("--debug", "events", "p", "--log", log)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
