@@ -268,8 +268,8 @@ def start_supervisor(spec: PipelineSpec, log_url: str, wait_s: float = 30.0):
 def _refusal(pipeline: str, status: dict) -> str:
     """Why a second supervisor of a pipeline is refused on this cluster, in one line."""
     if not status.get("running"):
-        return (f"pipeline {pipeline!r} already has a supervisor on this Ray cluster, idle and kept warm by "
-                "another Pipeline object: close() that one first")
+        return (f"pipeline {pipeline!r} already has a supervisor on this Ray cluster, about to start a run or "
+                "kept warm by another Pipeline object (close() that one first)")
     since = status.get("since")
     when = f" since {datetime.fromtimestamp(since, tz=timezone.utc).isoformat(timespec='seconds')}" if since else ""
     return (f"pipeline {pipeline!r} is already running on this Ray cluster: "
