@@ -15,6 +15,14 @@ def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
     return error
 
 
+def describe(value) -> str:
+    """How a got-value reads in an error message: its repr, cut short, and its type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
 def first_line(exc: BaseException, with_type: bool = False) -> str:
     """The first line of an error's message (its type's name when it has none), with
     every secret form hidden; ``with_type`` puts the type's name in front."""

@@ -19,10 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-import yaml
-
 from .checks import check_pipeline
-from .errors import SpecError, SpecErrors
+from .errors import SpecError, SpecErrors, describe
+from .specfile import MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_VALUES, load_file, load_text  # noqa: F401 - re-exported
 from .redaction import ConnectionUrl
 
 REQUIRED = object()
@@ -37,14 +36,6 @@ def camel(name: str) -> str:
 
 def snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
-
-
-def describe(value: Any) -> str:
-    """How a got-value reads in an error message."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
@@ -140,51 +131,6 @@ class Section:
                 near = difflib.get_close_matches(key, sorted(k for k in allowed if k != snake(k) or "_" not in k), n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 raise SpecError(f"{self.path}.{key}" if self.path else key, f"unknown key{hint}")
-
-
-# --- loading ---------------------------------------------------------------------
-
-class _Loader(yaml.SafeLoader):
-    """A safe YAML loader that keeps mapping keys such as ``on``/``yes``/``off`` as the
-    words the user wrote, instead of YAML 1.1 booleans."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False):
-    loader.flatten_mapping(node)
-    result = {}
-    for key_node, value_node in node.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:bool":
-            key = key_node.value
-        else:
-            key = loader.construct_object(key_node, deep=deep)
-        result[key] = loader.construct_object(value_node, deep=deep)
-    return result
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_text(text: str, origin: str = "<spec>") -> dict:
-    """Parse YAML (a superset of JSON) into a plain dict, safely."""
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError("", f"{origin}: not valid YAML or JSON{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise SpecError("", f"{origin}: expected a mapping at the top, got {describe(data)}")
-    return data
-
-
-def load_file(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise SpecError("", f"cannot read spec {path!r}: {exc.strerror}") from None
-    return load_text(text, origin=path)
 
 
 # --- connections and secrets -----------------------------------------------------
@@ -300,7 +246,17 @@ class PipelineSpec:
 
 
 def _digest(data: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short hash of the spec as given (keys as text, so a dict with keys of mixed
+    types hashes too)."""
+    return hashlib.sha256(json.dumps(_text_keys(data), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _text_keys(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _text_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_text_keys(v) for v in value]
+    return value
 
 
 _SECONDS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")

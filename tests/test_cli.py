@@ -77,13 +77,13 @@ def test_run_json_status_events_and_dlq(tmp_path, orders_spec):
 
 def test_a_failed_run_exits_1_with_the_error_in_the_summary(tmp_path, orders_spec):
     spec = yaml.safe_load(orders_spec.read_text())
-    spec["pipeline"]["transformations"][1]["condition"] = "no_such_column == 1"
+    spec["pipeline"]["transformations"][1]["condition"] = "int(status) == 1"   # 'paid' is no number
     path = tmp_path / "fails.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = cli("run", str(path), "--local", "--json", "--log", f"sqlite:///{tmp_path}/events.db")
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert out.returncode == 1 and summary["status"] == "failed"
-    assert "paid" in summary["error"] and "no_such_column" in summary["error"]
+    assert "paid" in summary["error"] and "int(status) == 1" in summary["error"]
 
 
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, orders_spec):
@@ -282,3 +282,16 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(tmp_path)
     assert plain.stderr.startswith("etl-actors: ") and "--debug shows the traceback" in plain.stderr
     debug = cli("--debug", "events", "p", "--log", log)
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_validate_refuses_a_file_sink_inside_its_own_source_folder(tmp_path, orders_spec):
+    spec = yaml.safe_load(orders_spec.read_text())
+    spec["pipeline"]["destination"] = {"type": "file", "path": "in/out", "format": "csv"}
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = cli("validate", str(path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("etl-actors: invalid spec: pipeline.destination.path: ")
+    spec["pipeline"]["destination"]["format"] = "parquet"      # the csv source would not read those
+    path.write_text(yaml.safe_dump(spec))
+    assert cli("validate", str(path)).returncode == 0

@@ -139,3 +139,93 @@ def test_missing_column_is_a_terminal_error_naming_column_and_expression():
 def test_comparing_a_string_column_with_a_number_is_a_clear_error():
     with pytest.raises(TerminalError, match="cannot compare a string with a number in 'status == 5'"):
         compile_expression("status == 5").evaluate(PEOPLE)
+
+
+# --- expressions that attack the parser: spec errors with the path, never a traceback ---
+
+def spec_error(text: str) -> str:
+    with pytest.raises(SpecError) as caught:
+        compile_expression(text, PATH)
+    assert str(caught.value).startswith(f"{PATH}: ")
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["- " * 325 + "age", "not " * 150 + "age", "abs(" * 120 + "age" + ")" * 120,
+                                  "(" * 300 + "age" + ")" * 300, "age" + " + age" * 120])
+def test_deep_chains_are_spec_errors_not_recursion_errors(text):
+    message = spec_error(text)
+    assert "nests deeper than 100 levels" in message or "too many nested parentheses" in message
+
+
+def test_an_expression_longer_than_the_limit_is_refused():
+    assert "has 10,001 characters; at most 10,000 are allowed" in spec_error("a" * 10_001)
+
+
+@pytest.mark.parametrize("text", ["age == 99999999999999999999999999", "age in (1, 99999999999999999999999999)",
+                                  "age in (-99999999999999999999999999,)", "age > 9223372036854775808"])
+def test_integer_literals_must_fit_in_64_bits(text):
+    assert "does not fit in 64 bits" in spec_error(text)
+
+
+def test_the_extreme_64_bit_integers_are_still_literals():
+    table = pa.table({"n": [-(2 ** 63), 0]})
+    assert values("n == -9223372036854775808", table) == [True, False]
+    assert values("n < 9223372036854775807", table) == [True, True]
+
+
+def test_number_literals_must_be_finite():
+    assert "the number inf is not finite" in spec_error("age > 1e999")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("round(age, 99999999999)", "argument 2 of round(): expected an integer from -18 to 18, got 99999999999"),
+    ("round(age, 1.5)", "argument 2 of round(): expected an integer from -18 to 18, got 1.5"),
+    ("substr(status, 0, 2)", "argument 2 of substr(): expected an integer from 1 to 9223372036854775807, got 0"),
+    ("substr(status, 1, -1)", "argument 3 of substr(): expected an integer from 0 to 9223372036854775807, got -1"),
+    ("starts_with(status, 1)", "argument 2 of starts_with(): expected a string, got 1"),
+    ("contains(status, null)", "argument 2 of contains(): expected a string, got None"),
+    ("timestamp(status, 5)", "argument 2 of timestamp(): expected a string, got 5"),
+    ("timestamp(status, '')", "argument 2 of timestamp(): expected a strptime format such as '%d/%m/%Y', got ''"),
+])
+def test_literal_arguments_of_functions_are_checked_at_compile_time(text, problem):
+    assert problem in spec_error(text)
+
+
+def test_identifiers_are_compared_as_written_not_as_python_folds_them():
+    table = pa.table({"name": ["plain"], "ｎａｍｅ": ["full width"], "c": [{"city": "Lyon"}]})
+    expression = compile_expression("ｎａｍｅ")
+    assert expression.evaluate(table).to_pylist() == ["full width"]
+    assert expression.columns == frozenset({"ｎａｍｅ"})
+    assert "unknown function 'ｌｏｗｅｒ'" in spec_error("ｌｏｗｅｒ(name)")
+    with pytest.raises(TerminalError, match="has no field 'ｃｉｔｙ'"):
+        compile_expression("c.ｃｉｔｙ").evaluate(table)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("null == null", "no kernel matching input types (null, null)"),
+    ("status == 'a' or 'a' < 1", "cannot compare a string with a number in \"'a' < 1\""),
+    ("age + 1 // 0", "cannot evaluate '1 // 0'"),
+    ("- -9223372036854775808", "overflow"),
+])
+def test_a_part_that_reads_no_column_and_cannot_be_computed_fails_at_compile_time(text, problem):
+    assert problem in spec_error(text)
+
+
+def test_a_part_that_reads_a_column_fails_only_with_the_data():
+    expression = compile_expression("if_else(age > 1, 1, 'one')", PATH)
+    with pytest.raises(TerminalError, match="no kernel matching input types"):
+        expression.evaluate(PEOPLE)
+
+
+def test_constant_parts_are_computed_once_with_the_same_values():
+    assert values("concat('a', lower('B')) == 'ab' and age > 20 - 3", PEOPLE) == [False, True, True, True]
+    assert values("year('2024-03-09') + 0 * age", PEOPLE) == [2024] * 4
+
+
+def test_run_time_errors_carry_the_expression_path():
+    with pytest.raises(TerminalError) as caught:
+        compile_expression("status == 5", PATH).evaluate(PEOPLE)
+    assert caught.value.path == PATH
+    with pytest.raises(TerminalError) as caught:
+        compile_expression("salary > 10", PATH).evaluate(PEOPLE)
+    assert (caught.value.path, caught.value.column) == (PATH, "salary")

@@ -139,7 +139,8 @@ class Transformer(Stage):
             result: StepResult = step.apply(table)
         except Exception as exc:  # noqa: BLE001 - the step's own failure, reported by id
             if step.required:
-                raise StepFailed(f"step {step.id!r} failed: {first_line(exc, with_type=True)}", step=step.id) from exc
+                raise StepFailed(f"step {step.id!r} failed: {first_line(exc, with_type=True)}", step=step.id,
+                                 path=getattr(exc, "path", None)) from exc
             report["skipped"].append({"step": step.id, "error": first_line(exc, with_type=True)})
             report["steps"].append(_step_metrics(step.id, table.num_rows, table.num_rows, started,
                                                  success=False, error=first_line(exc, with_type=True)))

@@ -15,6 +15,7 @@ handed on, which changes where its *blocks* fall but not where batches do.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -89,6 +90,16 @@ def file_batches(pieces: Iterable[Rows], partition: str, start: int, size: int) 
 def _batch(run: Rows, partition: str, done: bool) -> SourceBatch:
     return SourceBatch(table=run.table, batch_id=f"{partition}#{run.first}", partition=partition,
                        position={"rows": run.end, "done": done}, rejects=tuple(r for _, r in run.rejects))
+
+
+@contextmanager
+def closing_reader(reader) -> Iterator:
+    """An Arrow streaming reader closed on leaving, however it is left: one dropped
+    with its read-ahead still running can abort the interpreter at exit."""
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def after(batches: Iterable[pa.RecordBatch], start: int, seen: int = 0) -> Iterator[Rows]:

@@ -23,7 +23,7 @@ import pyarrow.csv as pcsv
 
 from ..batch import DeadLetter
 from ..columns import failing_values
-from .batching import Rows, Unreadable, block_size, grown_block
+from .batching import Rows, Unreadable, block_size, closing_reader, grown_block
 from .text import bad_byte, head_problem, label, readable, text_stream
 
 HEAD_BYTES = 1 << 20
@@ -128,19 +128,18 @@ class CsvReader:
         declared = {name: COLUMN_TYPES[t] for name, t in self.source.columns}
         options = pcsv.ConvertOptions(column_types=declared)
         source = pa.BufferReader(self._header_line()) if self._header_only() else None
-        with (source or self._stream()) as stream:
-            schema = pcsv.open_csv(stream, read_options=self._read_options(0),
-                                   parse_options=self._parse_options(lambda row: "skip"),
-                                   convert_options=options).schema
+        with (source or self._stream()) as stream, closing_reader(pcsv.open_csv(
+                stream, read_options=self._read_options(0), parse_options=self._parse_options(lambda row: "skip"),
+                convert_options=options)) as reader:
+            schema = reader.schema
         return pa.schema([(f.name, _text_if_untyped(f.type)) for f in schema])
 
     def _open(self, schema: pa.Schema, skip: int):
         self.skip = skip
-        with self._stream() as stream:
-            yield from pcsv.open_csv(stream, read_options=self._read_options(skip),
-                                     parse_options=self._parse_options(self._on_invalid),
-                                     convert_options=pcsv.ConvertOptions(
-                                         column_types=schema, strings_can_be_null=False))
+        with self._stream() as stream, closing_reader(pcsv.open_csv(
+                stream, read_options=self._read_options(skip), parse_options=self._parse_options(self._on_invalid),
+                convert_options=pcsv.ConvertOptions(column_types=schema, strings_can_be_null=False))) as reader:
+            yield from reader
 
     def _stream(self):
         stream = self.fs.open_input_stream(self.path, compression="detect")

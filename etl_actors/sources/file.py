@@ -269,7 +269,7 @@ def _one_character(value: str) -> str | None:
 def _columns(section) -> tuple[tuple[str, str], ...]:
     columns = section.get("columns", {}, types=dict)
     for name, type_name in columns.items():
-        if type_name not in COLUMN_TYPES:
+        if not isinstance(type_name, str) or type_name not in COLUMN_TYPES:
             raise SpecError(f"{section.at('columns')}.{name}", f"{type_name!r} is not one of {', '.join(COLUMN_TYPES)}")
     return tuple((str(k), v) for k, v in columns.items())
 

@@ -14,7 +14,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.json as pjson
 
-from .batching import Rows, Unreadable, after, block_size, grown_block
+from .batching import Rows, Unreadable, after, block_size, closing_reader, grown_block
 from .text import head_problem, label, text_stream
 
 HEAD_BYTES = 1 << 16
@@ -41,8 +41,8 @@ class JsonReader:
             return self._array().schema
         while True:
             try:
-                with self._stream() as stream:
-                    return self._open(stream).schema
+                with self._stream() as stream, closing_reader(self._open(stream)) as reader:
+                    return reader.schema
             except pa.ArrowInvalid as exc:
                 self.block = grown_block(self.block, exc, 1)
 
@@ -66,8 +66,8 @@ class JsonReader:
                 self.block = grown_block(self.block, exc, consumed + 1)
 
     def _blocks(self, start: int) -> Iterator[Rows]:
-        with self._stream() as stream:
-            yield from after(self._checked(self._open(stream)), start)
+        with self._stream() as stream, closing_reader(self._open(stream)) as reader:
+            yield from after(self._checked(reader), start)
 
     def _checked(self, batches) -> Iterator[pa.RecordBatch]:
         """``batches``, each checked to hold valid UTF-8 (pyarrow's JSON parser passes

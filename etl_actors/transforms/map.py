@@ -126,10 +126,14 @@ def _field_mapping(target: str, spec: Any, path: str) -> FieldMapping:
         converters = (*converters, "round")
     mapping = FieldMapping(
         target=target, source=None if expression is not None else (source or target), expression=expression,
-        converters=converters, format=section.get("format", None, types=str), digits=digits,
+        converters=converters, format=section.get("format", None, types=str, check=_format_problem), digits=digits,
         default=section.get("default", None, types=(str, int, float, bool)), has_default=section.has("default"))
     section.done()
     return mapping
+
+
+def _format_problem(value: str) -> str | None:
+    return None if value.strip() else "expected a strptime/strftime format such as '%d/%m/%Y', got ''"
 
 
 def _check_targets(mappings: tuple[FieldMapping, ...], path: str) -> None:

@@ -71,7 +71,7 @@ def test_an_optional_failing_step_is_skipped_and_recorded(tmp_path):
 
 
 def test_a_failing_required_step_fails_the_run_naming_the_step(tmp_path):
-    steps = [{"id": "enrich", "type": "filter", "condition": "missing_column > 1"}]
+    steps = [{"id": "enrich", "type": "filter", "condition": "int(status) > 1"}]   # 'paid' is no number
     result = orders_pipeline(tmp_path, steps).run(log=f"sqlite:///{tmp_path}/ev.db", runtime="local")
     assert result["status"] == "failed" and "step 'enrich' failed" in result["error"]
     assert result["watermark"] == {}
