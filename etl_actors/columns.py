@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 VALUE_ERRORS = (pa.ArrowInvalid, ValueError)
 
@@ -49,3 +50,56 @@ def _bisect(values: pa.Array, fn: Callable, offset: int, pieces: list, bad: list
     half = len(values) // 2
     _bisect(values.slice(0, half), fn, offset, pieces, bad, errors)
     _bisect(values.slice(half), fn, offset + half, pieces, bad, errors)
+
+
+# --- conversions shared by the map step's converters and the expression language -----
+
+def is_text(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+def as_text(values):
+    """The values as text (unchanged when they are text already)."""
+    return values if is_text(values.type) else pc.cast(values, pa.string())
+
+
+def to_int(values):
+    """Integers: numbers truncated toward zero, text trimmed then read as an integer."""
+    if pa.types.is_floating(values.type) or pa.types.is_decimal(values.type):
+        values = pc.trunc(values)
+    return pc.cast(pc.utf8_trim_whitespace(values) if is_text(values.type) else values, pa.int64())
+
+
+def to_float(values):
+    """Floats: text trimmed then read as a number."""
+    return pc.cast(pc.utf8_trim_whitespace(values) if is_text(values.type) else values, pa.float64())
+
+
+def to_timestamp(values, fmt: str | None = None):
+    """Timestamps (microseconds): text by ``fmt`` (strptime) or as ISO 8601, where
+    values with a zone (``Z``, ``+02:00``) become UTC and values without one stay
+    naive, unless the column mixes both (then all are UTC, the naive ones read as UTC);
+    integers as seconds since the epoch; other temporal values cast."""
+    if fmt is not None:
+        return pc.strptime(as_text(values), format=fmt, unit="us")
+    if pa.types.is_integer(values.type):
+        return pc.cast(pc.cast(values, pa.timestamp("s")), pa.timestamp("us"))
+    if not is_text(values.type):
+        return values if pa.types.is_timestamp(values.type) else pc.cast(values, pa.timestamp("us"))
+    text = pc.utf8_trim_whitespace(values)
+    zoned = pc.match_substring_regex(text, r"(Z|[+-]\d\d:?\d\d)$")
+    if not pc.any(zoned).as_py():
+        return pc.cast(text, pa.timestamp("us"))
+    none = pa.scalar(None, pa.string())
+    local = pc.cast(pc.if_else(zoned, none, text), pa.timestamp("us"))
+    return pc.coalesce(pc.cast(pc.if_else(zoned, text, none), pa.timestamp("us", "UTC")),
+                       pc.assume_timezone(local, timezone="UTC"))
+
+
+def to_date(values, fmt: str | None = None):
+    """Dates: what :func:`to_timestamp` reads, without the time of day."""
+    if pa.types.is_date32(values.type):
+        return values
+    if pa.types.is_date64(values.type):
+        return pc.cast(values, pa.date32())
+    return pc.cast(to_timestamp(values, fmt), pa.date32())

@@ -229,3 +229,11 @@ def test_run_time_errors_carry_the_expression_path():
     with pytest.raises(TerminalError) as caught:
         compile_expression("salary > 10", PATH).evaluate(PEOPLE)
     assert (caught.value.path, caught.value.column) == (PATH, "salary")
+
+
+def test_timestamp_reads_epoch_seconds_and_zoned_text_as_the_map_converter_does():
+    table = pa.table({"s": [1_700_000_000, None], "t": ["2026-01-02T03:04:05Z", "2026-01-02T03:04:05+02:00"]})
+    seconds = compile_expression("timestamp(s)").evaluate(table).to_pylist()
+    zoned = compile_expression("timestamp(t)").evaluate(table).to_pylist()
+    assert seconds[0].isoformat() == "2023-11-14T22:13:20" and seconds[1] is None
+    assert [v.isoformat() for v in zoned] == ["2026-01-02T03:04:05+00:00", "2026-01-02T01:04:05+00:00"]

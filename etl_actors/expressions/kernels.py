@@ -10,6 +10,8 @@ from typing import Any, Callable, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..columns import as_text, to_date, to_int, to_timestamp
+
 Value = pa.Array | pa.ChunkedArray | pa.Scalar
 Check = Callable[[Any], "str | None"]
 
@@ -132,31 +134,7 @@ UNARY = {ast.Not: pc.invert, ast.USub: pc.negate_checked, ast.UAdd: lambda v: v}
 
 # --- functions -------------------------------------------------------------------------
 
-def _strings(v: Value) -> Value:
-    return v if _is_stringy(v.type) else pc.cast(v, pa.string())
-
-
-def _to_int(v: Value) -> Value:
-    if pa.types.is_floating(v.type) or pa.types.is_decimal(v.type):
-        v = pc.trunc(v)
-    elif _is_stringy(v.type):
-        v = pc.utf8_trim_whitespace(v)
-    return pc.cast(v, pa.int64())
-
-
-def _to_timestamp(v: Value, fmt: str | None = None) -> Value:
-    if fmt is not None:
-        return pc.strptime(_strings(v), format=fmt, unit="us")
-    if _is_stringy(v.type):
-        try:
-            return pc.cast(v, pa.timestamp("us"))
-        except pa.ArrowInvalid:
-            return pc.cast(v, pa.timestamp("us", "UTC"))
-    return v if pa.types.is_timestamp(v.type) else pc.cast(v, pa.timestamp("us"))
-
-
-def _to_date(v: Value) -> Value:
-    return v if pa.types.is_date(v.type) else pc.cast(v if _is_stringy(v.type) else _to_timestamp(v), pa.date32())
+_strings, _to_int, _to_timestamp, _to_date = as_text, to_int, to_timestamp, to_date   # shared with map's converters
 
 
 def _date_part(kernel: Callable) -> Callable[[Value], Value]:

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from ..batch import StepResult, rows_as_dead_letters
 from ..columns import as_array as _array
-from ..columns import convert_each
+from ..columns import as_text, convert_each, is_text, to_date, to_float, to_int, to_timestamp
 from ..errors import SpecError, TerminalError
 from ..expressions import Expression, compile_expression
 from ..spec import Section
@@ -243,21 +243,19 @@ def _shown(value: Any) -> str:
 # --- converters ------------------------------------------------------------------------
 
 def _strings(v: pa.Array) -> pa.Array:
-    return v if pa.types.is_string(v.type) or pa.types.is_large_string(v.type) else pc.cast(v, pa.string())
+    return as_text(v)
 
 
 def _is_text(v: pa.Array) -> bool:
-    return pa.types.is_string(v.type) or pa.types.is_large_string(v.type)
+    return is_text(v.type)
 
 
 def _to_int(v: pa.Array, m: FieldMapping) -> pa.Array:
-    if pa.types.is_floating(v.type) or pa.types.is_decimal(v.type):
-        v = pc.trunc(v)
-    return pc.cast(pc.utf8_trim_whitespace(v) if _is_text(v) else v, pa.int64())
+    return to_int(v)
 
 
 def _to_float(v: pa.Array, m: FieldMapping) -> pa.Array:
-    return pc.cast(pc.utf8_trim_whitespace(v) if _is_text(v) else v, pa.float64())
+    return to_float(v)
 
 
 def _to_bool(v: pa.Array, m: FieldMapping) -> pa.Array:
@@ -271,24 +269,11 @@ def _to_bool(v: pa.Array, m: FieldMapping) -> pa.Array:
 
 
 def _to_timestamp(v: pa.Array, m: FieldMapping) -> pa.Array:
-    if m.format is not None:
-        return pc.strptime(_strings(v), format=m.format, unit="us")
-    if pa.types.is_integer(v.type):
-        return pc.cast(pc.cast(v, pa.timestamp("s")), pa.timestamp("us"))
-    if not _is_text(v):
-        return v if pa.types.is_timestamp(v.type) else pc.cast(v, pa.timestamp("us"))
-    text = pc.utf8_trim_whitespace(v)
-    zoned = pc.match_substring_regex(text, r"(Z|[+-]\d\d:?\d\d)$")
-    if not pc.any(zoned).as_py():
-        return pc.cast(text, pa.timestamp("us"))
-    none = pa.scalar(None, pa.string())
-    local = pc.cast(pc.if_else(zoned, none, text), pa.timestamp("us"))
-    return pc.coalesce(pc.cast(pc.if_else(zoned, text, none), pa.timestamp("us", "UTC")),
-                       pc.assume_timezone(local, timezone="UTC"))
+    return to_timestamp(v, m.format)
 
 
 def _to_date(v: pa.Array, m: FieldMapping) -> pa.Array:
-    return v if pa.types.is_date32(v.type) else pc.cast(_to_timestamp(v, m), pa.date32())
+    return to_date(v, m.format)
 
 
 def _to_string(v: pa.Array, m: FieldMapping) -> pa.Array:
