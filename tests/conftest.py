@@ -34,7 +34,8 @@ def pytest_collection_modifyitems(items):
     (so ``-m "not postgres"`` runs without a server)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & {"pg_url", "pg_schema"}:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if fixtures & {"pg_url", "pg_schema"} or "postgresql" in params.values():
             item.add_marker(pytest.mark.postgres)
         if "ray_local" in fixtures:
             item.add_marker(pytest.mark.ray)

@@ -18,7 +18,7 @@ CUSTOMERS = sa.Table("customers", META, sa.Column("id", sa.Integer, primary_key=
                      sa.Column("updated_at", sa.DateTime, nullable=False))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/src.db"
