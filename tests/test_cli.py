@@ -295,3 +295,14 @@ def test_validate_refuses_a_file_sink_inside_its_own_source_folder(tmp_path, ord
     spec["pipeline"]["destination"]["format"] = "parquet"      # the csv source would not read those
     path.write_text(yaml.safe_dump(spec))
     assert cli("validate", str(path)).returncode == 0
+
+
+def test_validate_reports_what_can_only_fail_at_run_time_against_the_files_header(tmp_path, orders_spec):
+    spec = yaml.safe_load(orders_spec.read_text())
+    spec["pipeline"]["transformations"][1]["condition"] = "status > 5"     # status is text in orders.csv
+    path = tmp_path / "types.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = cli("validate", str(path))
+    assert out.returncode == 2 and out.stderr.startswith(
+        "etl-actors: invalid spec: pipeline.transformations[1].condition: expression 'status > 5': "
+        "cannot compare a string with a number")
