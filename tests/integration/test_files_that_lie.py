@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 
-def run(tmp_path, source: dict, *extra: str) -> dict:
+def run(tmp_path, source: dict, *extra: str, out: str = "out.db", **runtime) -> dict:
     spec = {"name": "lies", "pipeline": {"source": {"type": "file", "path": "in", "format": "csv", **source},
-                                         "destination": {"type": "database", "connection": "sqlite:///out.db",
-                                                         "table": "t"}}}
+                                         "destination": {"type": "database", "connection": f"sqlite:///{out}",
+                                                         "table": "t"}, **runtime}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     out = subprocess.run([sys.executable, "-m", "etl_actors", "run", str(tmp_path / "spec.yaml"), "--local", "--json",
                           "--log", f"sqlite:///{tmp_path}/events.db", *extra],
@@ -99,3 +99,19 @@ def test_a_header_only_or_empty_csv_is_an_empty_file(tmp_path, folder, content):
     summary = run(tmp_path, {})
     assert summary["status"] == "success" and summary["recordsLoaded"] == 1
     assert summary["watermark"]["a.csv"]["done"] is True
+
+
+def test_the_destination_schema_does_not_depend_on_which_file_lands_first(tmp_path, folder):
+    (folder / "a.csv").write_text("id,v\n" + "".join(f"{i},{i}\n" for i in range(1, 2001)))
+    (folder / "b.csv").write_text("id,v,extra\n9001,5,x\n")
+    tables = []
+    for extractors, out in ((1, "one.db"), (2, "two.db")):
+        run(tmp_path, {"batchSize": 500}, "--reset", out=out, extractors=extractors)
+        with sqlite3.connect(tmp_path / out) as conn:
+            columns = [c[1] for c in conn.execute("PRAGMA table_info(t)")]
+            tables.append((sorted(columns), conn.execute("SELECT id, v, extra FROM t ORDER BY id").fetchall()))
+    assert tables[0] == tables[1] and tables[0][0] == ["extra", "id", "v"] and len(tables[0][1]) == 2001
+    (folder / "c.csv").write_text("id,v\n9002,not-a-number\n")
+    changed = run(tmp_path, {"batchSize": 500}, out="one.db", extractors=1)
+    assert changed["status"] == "failed"
+    assert "column 'v' of batch 'c.csv#0' is string, but table 't' has it as BIGINT" in changed["error"]
