@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .checks import check_pipeline
 from .errors import SpecError, SpecErrors, describe
+from .events import pipeline_stream
 from .specfile import MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_VALUES, load_file, load_text  # noqa: F401 - re-exported
 from .redaction import ConnectionUrl
 
@@ -242,7 +243,7 @@ class PipelineSpec:
     @property
     def stream(self) -> str:
         """The event stream this pipeline's supervisor writes."""
-        return f"pipeline:{self.name}"
+        return pipeline_stream(self.name)
 
 
 def _digest(data: Mapping[str, Any]) -> str:

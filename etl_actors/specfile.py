@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SpecError, describe
+from .errors import SpecError, describe, first_line
 
 MAX_SPEC_BYTES = 1 << 20       # a larger spec file is refused before it is parsed
 MAX_SPEC_VALUES = 100_000      # values in a spec once YAML aliases are expanded
@@ -158,7 +158,7 @@ def _yaml_problem(exc: Exception) -> tuple[str, str]:
         where = f" at character {exc.position}"
     else:
         where = ""
-    return where, getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return where, getattr(exc, "problem", None) or first_line(exc)
 
 
 def _compose(text: str, origin: str) -> Any:
