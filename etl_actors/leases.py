@@ -153,6 +153,15 @@ class Leases:
         lease = Lease(pipeline, epoch, owner, now, now, now + timeout, False)
         return Grant(lease, previous if previous is not None and not previous.released else None, reason)
 
+    def refuse_early(self, pipeline: str) -> None:
+        """Raise LeaseHeld now if a live run outside any Ray cluster holds the lease
+        (so a run on Ray is refused before Ray and its actors start); a lease held by a
+        Ray supervisor is left to the supervisor, which can tell whether that one lives."""
+        with self.log._engine.connect() as conn:
+            held, now = _lease(conn, pipeline), self.now(conn)
+        if held is not None and held.owner.actor is None:
+            self._takeover(held, now, False, process_gone)
+
     def _takeover(self, held: Lease, now: float, force: bool, is_gone: Callable[[Owner], bool]) -> str:
         """Why ``held`` may be taken over ('' when it was released); raise LeaseHeld when
         it may not."""

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from .errors import EtlError, RunInterrupted, SpecError
 from .eventlog import EventLog, check_durable
 from .events import pipeline_stream
+from .leases import Leases
 from .projections import runs as runs_projection
 from .projections import watermarks as watermarks_projection
 from .spec import PipelineSpec, anchor_sqlite, parse, parse_file
@@ -104,7 +105,7 @@ class Pipeline:
         if self._supervisor is not None and self._supervisor_log != log_url:
             self.close()
         if self._supervisor is None:
-            self._supervisor, self._supervisor_log = start_on_ray(self.spec, log_url), log_url
+            self._supervisor, self._supervisor_log = start_on_ray(self.spec, log_url, force), log_url
         try:
             return run_supervised(self._supervisor, trigger, reset, force)
         except BaseException:
@@ -163,10 +164,12 @@ def run_on_ray(spec: PipelineSpec, log_url: str, trigger: str = "manual") -> dic
         stop_supervisor(supervisor)
 
 
-def start_on_ray(spec: PipelineSpec, log_url: str):
+def start_on_ray(spec: PipelineSpec, log_url: str, force: bool = False):
     from .runtime.actors import start_supervisor
 
-    EventLog(log_url)  # an unreachable log is said here, before Ray or any actor starts
+    leases = Leases(EventLog(log_url))   # an unreachable log, or a live run, is said before Ray starts
+    if not force:
+        leases.refuse_early(spec.name)
     ensure_ray()
     return start_supervisor(spec, log_url)
 
