@@ -4,6 +4,7 @@ only with --force (and then it ends failed, saying so). Through the CLI, locally
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -141,3 +142,13 @@ def test_a_read_only_log_is_one_line_not_a_traceback(slow):
                          timeout=60)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "cannot be written" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_a_run_on_ray_is_refused_before_ray_starts_while_a_local_run_holds_the_lease(slow, ray_local):
+    first = start(slow)
+    wait_for(slow, ev.BatchLoaded)
+    began = time.time()
+    on_ray = subprocess.run([c for c in cli(slow) if c != "--local"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "RAY_ADDRESS": ray_local.address_info["address"]})
+    assert on_ray.returncode == 1 and "is already running: run " in on_ray.stderr and time.time() - began < 10
+    assert summary(first.communicate(timeout=60)[0])["status"] == "success"
