@@ -6,6 +6,9 @@ busy timeout so a reader never blocks the single writer for long.
 from __future__ import annotations
 
 import os
+import random
+import sqlite3
+import time
 from functools import lru_cache
 
 import sqlalchemy as sa
@@ -51,10 +54,27 @@ def db_reason(exc: BaseException) -> str:
 
 def _on_sqlite_connect(dbapi_connection, _record):
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    _use_wal(cursor)
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _use_wal(cursor) -> None:
+    """Switch the file to WAL (once; a file already in WAL is left as it is). When
+    processes open a new file at the same moment, SQLite refuses all but one switch at
+    once with "database is locked", without waiting (each holds what the other needs),
+    so the switch is tried again, within the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 @lru_cache(maxsize=64)

@@ -216,6 +216,47 @@ class EventLogContract:
 
 
 
+def test_processes_opening_a_new_sqlite_log_at_the_same_instant_all_append(tmp_path):
+    """Switching a new file to WAL from several processes at once made SQLite refuse all
+    but one with "database is locked" at once; the switch is now retried."""
+    script = ("import sys, time; from etl_actors.eventlog import EventLog; from etl_actors.events import PhaseStarted;"
+              "start = float(sys.argv[3])\nwhile time.time() < start: pass\n"
+              "EventLog(sys.argv[1]).append(sys.argv[2], [PhaseStarted(run_id='r', phase='p')], 0)")
+    for attempt in range(3):
+        url, start = f"sqlite:///{tmp_path}/events-{attempt}.db", time.time() + 2
+        procs = [subprocess.Popen([sys.executable, "-c", script, url, f"proc-{i}", str(start)],
+                                  stderr=subprocess.PIPE, text=True) for i in range(6)]
+        outcomes = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
+        assert [code for code, _ in outcomes] == [0] * 6, [err[-500:] for _, err in outcomes]
+        assert EventLog(url).streams("proc-") == [f"proc-{i}" for i in range(6)]
+
+
+def test_a_refused_switch_to_wal_is_tried_again_until_it_takes():
+    """What SQLite does to all but one process switching a new file at once."""
+    import sqlite3
+
+    from etl_actors.db import _use_wal
+
+    class Contended:
+        def __init__(self):
+            self.refusals, self.mode = 2, "delete"
+
+        def execute(self, sql):
+            if sql == "PRAGMA journal_mode=WAL":
+                if self.refusals:
+                    self.refusals -= 1
+                    raise sqlite3.OperationalError("database is locked")
+                self.mode = "wal"
+            return self
+
+        def fetchone(self):
+            return (self.mode,)
+
+    cursor = Contended()
+    _use_wal(cursor)
+    assert (cursor.mode, cursor.refusals) == ("wal", 0)
+
+
 def test_repr_hides_the_password(pg_schema):
     log = EventLog(pg_schema)
     assert log.url == pg_schema
