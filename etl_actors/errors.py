@@ -5,6 +5,8 @@ attributes. Messages say what was expected and what was got, and never a secret.
 """
 from __future__ import annotations
 
+from .redaction import redact_text
+
 
 def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
     """Unpickle an error without calling its ``__init__`` (whose arguments differ
@@ -26,8 +28,6 @@ def describe(value) -> str:
 def first_line(exc: BaseException, with_type: bool = False) -> str:
     """The first line of an error's message (its type's name when it has none), with
     every secret form hidden; ``with_type`` puts the type's name in front."""
-    from .redaction import redact_text
-
     text = str(exc).strip()
     line = redact_text(text.splitlines()[0]) if text else ""
     if not line:

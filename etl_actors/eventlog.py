@@ -33,8 +33,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .batch import DeadLetter, jsonable
 from .db import db_reason, engine_for, is_postgres, redact
 from .errors import ConcurrencyError, EtlError, LeaseLost, TerminalError, TransientError, UsageError
-from .redaction import redact_text, remember_url
 from .events import Event, RecordedEvent, decode, encode
+from .redaction import redact_text, remember_url
 
 # pg_advisory_xact_lock keys: one for every append, one for creating the tables.
 APPEND_LOCK_KEY = 0x45544C_01

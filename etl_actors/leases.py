@@ -109,7 +109,8 @@ def process_gone(owner: Owner) -> bool:
     return owner.started is not None and started is not None and started != owner.started
 
 
-def _iso(epoch: float) -> str:
+def iso(epoch: float) -> str:
+    """Epoch seconds as ISO 8601 UTC, to the second (``2026-12-01T21:55:26Z``)."""
     return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -176,10 +177,10 @@ class Leases:
                     f"for {now - held.heartbeat_at:.0f} s")
         raise LeaseHeld(
             f"pipeline {held.pipeline!r} is already running: {held.owner.describe()} since "
-            f"{_iso(held.acquired_at)} (last heartbeat {max(0.0, now - held.heartbeat_at):.0f} s ago; its lease "
+            f"{iso(held.acquired_at)} (last heartbeat {max(0.0, now - held.heartbeat_at):.0f} s ago; its lease "
             f"expires in {held.expires_at - now:.0f} s if no other comes); wait for it to end, or take it "
             f"over with `etl-actors run --force`",
-            pipeline=held.pipeline, owner=held.owner.describe(), since=_iso(held.acquired_at))
+            pipeline=held.pipeline, owner=held.owner.describe(), since=iso(held.acquired_at))
 
     def renew(self, pipeline: str, epoch: int, timeout: float) -> bool:
         """Move the lease's expiry on; False when it is no longer this epoch's."""

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from ..errors import LeaseHeld
+from ..leases import iso
 from ..logs import RunLogger
 from ..spec import PipelineSpec
 from .stages import Extractor, Loader, Transformer
@@ -271,7 +271,7 @@ def _refusal(pipeline: str, status: dict) -> str:
         return (f"pipeline {pipeline!r} already has a supervisor on this Ray cluster, about to start a run or "
                 "kept warm by another Pipeline object (close() that one first)")
     since = status.get("since")
-    when = f" since {datetime.fromtimestamp(since, tz=timezone.utc).isoformat(timespec='seconds')}" if since else ""
+    when = f" since {iso(since)}" if since else ""
     return (f"pipeline {pipeline!r} is already running on this Ray cluster: "
             f"{status.get('owner') or 'run ' + str(status.get('runId'))}{when}; wait for it to end, or stop it")
 

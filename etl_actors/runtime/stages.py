@@ -138,12 +138,13 @@ class Transformer(Stage):
         try:
             result: StepResult = step.apply(table)
         except Exception as exc:  # noqa: BLE001 - the step's own failure, reported by id
+            error = first_line(exc, with_type=True)
             if step.required:
-                raise StepFailed(f"step {step.id!r} failed: {first_line(exc, with_type=True)}", step=step.id,
+                raise StepFailed(f"step {step.id!r} failed: {error}", step=step.id,
                                  path=getattr(exc, "path", None)) from exc
-            report["skipped"].append({"step": step.id, "error": first_line(exc, with_type=True)})
+            report["skipped"].append({"step": step.id, "error": error})
             report["steps"].append(_step_metrics(step.id, table.num_rows, table.num_rows, started,
-                                                 success=False, error=first_line(exc, with_type=True)))
+                                                 success=False, error=error))
             return table
         if result.rejects:
             _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, f"transform:{step.id}",

@@ -38,7 +38,9 @@ import pyarrow.parquet as pq
 
 from ..batch import LoadResult, jsonable
 from ..errors import SpecError, TerminalError, TransientError
+from ..redaction import ConnectionUrl, redact_url
 from ..sources.file import filesystem
+from ..sources.listing import is_uri
 from .base import Sink, SinkWriter
 from .schema import conform, evolved
 
@@ -80,7 +82,8 @@ class FileSink(Sink):
         else:
             path = ctx.resolve_path(section.get("path", types=str))
         fmt = section.get("format", "parquet", types=str, choices=FORMATS + ("json", "jsonl"))
-        sink = cls(path=path, format="ndjson" if fmt in ("json", "jsonl") else fmt,
+        sink = cls(path=ConnectionUrl(path) if is_uri(path) else path,
+                   format="ndjson" if fmt in ("json", "jsonl") else fmt,
                    compression=section.get("compression", "snappy", types=str, choices=COMPRESSIONS))
         section.done()
         return sink
@@ -92,7 +95,8 @@ class FileSink(Sink):
         return self.path
 
     def describe(self) -> dict:
-        return {"type": self.type, "path": self.path, "format": self.format, "compression": self.compression}
+        return {"type": self.type, "path": redact_url(self.path), "format": self.format,
+                "compression": self.compression}
 
 
 class FileWriter(SinkWriter):
@@ -107,7 +111,7 @@ class FileWriter(SinkWriter):
             self._remove_temporaries()
             self.schema = self._stored_schema()
         except OSError as exc:
-            raise TransientError(f"cannot open {sink.path!r}: {exc}") from None
+            raise TransientError(f"cannot open {redact_url(sink.path)!r}: {exc}") from None
 
     def write(self, table: pa.Table, batch_id: str) -> LoadResult:
         """Write the batch, conformed to the dataset schema, to its own file (replacing
@@ -123,7 +127,7 @@ class FileWriter(SinkWriter):
             self.fs.move(temp, final)
         except OSError as exc:
             self._discard(temp)
-            raise TransientError(f"cannot write batch {batch_id!r} to {self.sink.path!r}: {exc}",
+            raise TransientError(f"cannot write batch {batch_id!r} to {redact_url(self.sink.path)!r}: {exc}",
                                  batch_id=batch_id) from None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
             self._discard(temp)
@@ -142,7 +146,8 @@ class FileWriter(SinkWriter):
             schema = evolved(self._stored_schema(), batch, batch_id, self._where)
             self._store_schema(schema)
         except OSError as exc:
-            raise TransientError(f"cannot write the schema of {self.sink.path!r}: {exc}", batch_id=batch_id) from None
+            raise TransientError(f"cannot write the schema of {redact_url(self.sink.path)!r}: {exc}",
+                                 batch_id=batch_id) from None
         self.schema = schema
         return schema
 
@@ -169,7 +174,7 @@ class FileWriter(SinkWriter):
 
     @property
     def _where(self) -> str:
-        return f"the dataset at {self.sink.path!r}"
+        return f"the dataset at {redact_url(self.sink.path)!r}"
 
     # --- files -------------------------------------------------------------------------
 
