@@ -93,6 +93,17 @@ leases_table = sa.Table(
     sa.Column("released", sa.Boolean, nullable=False, default=False),
 )
 
+# A stream's window state at a checkpoint, in parts (one per window actor); written in
+# the same transaction as the CheckpointCommitted event naming it (``seq``, its version
+# in the pipeline's stream). Only the last two checkpoints of a pipeline are kept.
+snapshots_table = sa.Table(
+    "etl_snapshots", metadata,
+    sa.Column("pipeline", sa.Text, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("shard", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
 _READ_COLUMNS = [events_table.c[name] for name in
                  ("position", "stream", "version", "type", "schema", "payload", "recorded_at")]
 
@@ -129,7 +140,7 @@ class EventLog:
     # --- events ---------------------------------------------------------------------
 
     def append(self, stream: str, events: Sequence[Event], expected_version: int,
-               fence: tuple[str, int] | None = None) -> int:
+               fence: tuple[str, int] | None = None, snapshot: tuple[str, int, Sequence[bytes]] | None = None) -> int:
         """Append ``events`` to ``stream`` in one transaction; return the new version.
 
         ``expected_version`` is the version the caller last saw (0: a new stream).
@@ -137,6 +148,8 @@ class EventLog:
         With ``fence=(pipeline, epoch)`` the append also requires that the pipeline's
         lease is still at ``epoch`` (checked in the same transaction), else raises
         :class:`~etl_actors.errors.LeaseLost`. Appending no events only checks.
+        ``snapshot=(pipeline, seq, parts)`` stores window state in the same transaction
+        and drops the pipeline's snapshots older than the previous one.
         """
         if expected_version < 0:
             raise ValueError(f"expected_version must be 0 or more, got {expected_version}")
@@ -152,6 +165,8 @@ class EventLog:
                     raise ConcurrencyError(stream, expected_version, actual)
                 if rows:
                     conn.execute(events_table.insert().values(recorded_at=_utcnow()), rows)
+                if snapshot is not None:
+                    _put_snapshot(conn, *snapshot)
         except sa.exc.IntegrityError:
             raise ConcurrencyError(stream, expected_version, self.version(stream)) from None
         return expected_version + len(rows)
@@ -221,6 +236,14 @@ class EventLog:
         with self._engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
+    def snapshot(self, pipeline: str, seq: int) -> list[bytes] | None:
+        """The parts of snapshot ``seq`` in shard order, or None when it is not kept."""
+        t = snapshots_table
+        query = sa.select(t.c.data).where(t.c.pipeline == pipeline, t.c.seq == seq).order_by(t.c.shard)
+        with self._engine.connect() as conn:
+            parts = [bytes(row) for row in conn.execute(query).scalars()]
+        return parts or None
+
     # --- dead letters ---------------------------------------------------------------
 
     def put_dead_letters(self, pipeline: str, run_id: str, batch_id: str, stage: str,
@@ -230,13 +253,21 @@ class EventLog:
         A letter is identified by ``(pipeline, batch_id, stage, its index in letters)``,
         so putting a retried batch's letters again writes nothing.
         """
+        return self.put_keyed_letters(pipeline, run_id, stage,
+                                      [(batch_id, idx, letter) for idx, letter in enumerate(letters)])
+
+    def put_keyed_letters(self, pipeline: str, run_id: str, stage: str,
+                          letters: Sequence[tuple[str, int, DeadLetter]]) -> int:
+        """Store letters each with its own ``(batch_id, idx)`` key (a stream keys one by
+        the topic, partition and offset of its event, so a replay writes nothing twice);
+        return how many rows were new."""
         if not letters:
             return 0
         recorded_at = _utcnow()
         rows = [{"pipeline": pipeline, "run_id": run_id, "batch_id": batch_id, "stage": stage,
                  "idx": idx, "reason": redact_text(letter.reason), "record": json.dumps(jsonable(letter.record)),
                  "recorded_at": recorded_at}
-                for idx, letter in enumerate(letters)]
+                for batch_id, idx, letter in letters]
         insert = (postgresql.insert if is_postgres(self._engine) else sqlite.insert)(dead_letters_table)
         query = insert.on_conflict_do_nothing().returning(dead_letters_table.c.id)
         try:
@@ -355,6 +386,17 @@ def create_tables(engine: sa.Engine) -> None:
     doing it at once do not collide."""
     with _write_transaction(engine, CREATE_LOCK_KEY) as conn:
         metadata.create_all(conn, checkfirst=True)
+
+
+def _put_snapshot(conn: sa.Connection, pipeline: str, seq: int, parts: Sequence[bytes]) -> None:
+    t = snapshots_table
+    previous = conn.execute(sa.select(sa.func.max(t.c.seq)).where(t.c.pipeline == pipeline, t.c.seq < seq)).scalar()
+    conn.execute(t.delete().where(t.c.pipeline == pipeline,
+                                  t.c.seq < (previous if previous is not None else seq)))
+    conn.execute(t.delete().where(t.c.pipeline == pipeline, t.c.seq == seq))
+    if parts:
+        conn.execute(t.insert(), [{"pipeline": pipeline, "seq": seq, "shard": i, "data": data}
+                                  for i, data in enumerate(parts)])
 
 
 def _stream_version(conn: sa.Connection, stream: str) -> int:

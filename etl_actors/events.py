@@ -288,3 +288,48 @@ class RunFailed(Event):
     run_id: str
     error: str
     metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointCommitted(Event):
+    """A stream's consistent cut: every effect of the source up to ``positions``
+    (``{"topic:partition": next offset}``) is in every sink, and the open windows at
+    that cut are stored as snapshot ``seq`` (``shards`` parts, beside the log).
+
+    ``max_seen`` holds each partition's greatest event time (ms) up to its position,
+    ``watermark`` the stream's watermark and ``emitted`` the one up to which windows
+    were emitted (events for windows before it are late). The counts are those since
+    the previous checkpoint of the run; ``idle_s`` is a final ``--until-idle`` wait,
+    which the run's duration leaves out."""
+    run_id: str
+    seq: int
+    positions: dict
+    max_seen: dict = field(default_factory=dict)
+    watermark: int | None = None
+    emitted: int | None = None
+    windows_open: int = 0
+    shards: int = 0
+    extracted: int = 0
+    transformed: int = 0
+    filtered: int = 0
+    rejected: int = 0
+    loaded: int = 0
+    late: int = 0
+    windows: int = 0
+    bytes: int = 0
+    lag: dict = field(default_factory=dict)
+    rate: float = 0.0
+    idle_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetryScheduled(Event):
+    """A transient error (a broker or database that went away, a busy service): the
+    work is tried again after ``delay`` seconds, attempt ``attempt`` of ``limit``."""
+    texts: ClassVar[tuple[str, ...]] = ("error",)
+    run_id: str
+    stage: str
+    error: str
+    attempt: int
+    limit: int
+    delay: float

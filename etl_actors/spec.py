@@ -224,6 +224,8 @@ class RuntimeOptions:
     num_cpus: float = 0.0               # CPUs each stage actor reserves
     max_child_restarts: int = 5         # per child per run before the run fails
     lease_timeout: float = 30.0         # seconds without a heartbeat before a run's lease expires
+    checkpoint_interval: float = 1.0    # streams: seconds between committed positions (and window state)
+    max_retries: int = 8                # transient errors retried (with backoff) before the run fails
 
 
 @dataclass(frozen=True)
@@ -233,12 +235,24 @@ class PipelineSpec:
     name: str
     source: Any
     transformations: tuple[Any, ...]
-    destination: Any
+    destination: Any                    # the first of ``sinks``
     runtime: RuntimeOptions = RuntimeOptions()
     schedule: Mapping[str, Any] | None = None
     pricing: Mapping[str, Any] | None = None
     digest: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    sinks: tuple[Any, ...] = ()         # every destination; each gets every result
+    kind: str = "batch"                 # batch | stream
+    window: Any = None                  # streams: the window processor (a WindowSpec), if any
+    after: tuple[Any, ...] = ()         # streams: the processors after the window, run on its results
+
+    def __post_init__(self):
+        if not self.sinks:
+            object.__setattr__(self, "sinks", (self.destination,))
+
+    @property
+    def is_stream(self) -> bool:
+        return self.kind == "stream"
 
     @property
     def stream(self) -> str:
@@ -287,6 +301,7 @@ def _duration_problem(minimum: float):
 
 def _runtime(section: Section) -> RuntimeOptions:
     lease = section.get("lease_timeout", 30.0, types=(int, float, str), check=_duration_problem(1.0))
+    checkpoint = section.get("checkpoint_interval", 1.0, types=(int, float, str), check=_duration_problem(0.05))
     return RuntimeOptions(
         parallelism=section.positive_int("parallelism", None),
         max_in_flight=section.positive_int("max_in_flight", 4),
@@ -295,10 +310,14 @@ def _runtime(section: Section) -> RuntimeOptions:
                                    check=lambda v: None if v >= 0 else f"expected >= 0, got {v}")),
         max_child_restarts=section.get("max_child_restarts", 5, types=int),
         lease_timeout=parse_seconds(lease),
+        checkpoint_interval=parse_seconds(checkpoint),
+        max_retries=section.get("max_retries", 8, types=int,
+                                check=lambda v: None if v >= 0 else f"expected >= 0, got {v}"),
     )
 
 
-_RUNTIME_KEYS = ("parallelism", "max_in_flight", "extractors", "num_cpus", "max_child_restarts", "lease_timeout")
+_RUNTIME_KEYS = ("parallelism", "max_in_flight", "extractors", "num_cpus", "max_child_restarts", "lease_timeout",
+                 "checkpoint_interval", "max_retries")
 
 
 def build_plugin(kind: str, section: Section, ctx: SpecContext) -> Any:
@@ -339,9 +358,9 @@ def _pipeline_body(root: Section, ctx: SpecContext,
         body = root.section("pipeline")
         source = collect(build_plugin, "source", body.section("source"), ctx)
         steps = _transformations(body, "transformations", ctx, collect)
-        destination = collect(build_plugin, "sink", body.section("destination"), ctx)
+        destination = _destinations(body, ctx, collect)
         paths = {"source": body.at("source"), "transformations": body.at("transformations"),
-                 "destination": body.at("destination")}
+                 "destination": body.at("destinations" if body.has("destinations") else "destination")}
         return source, steps, destination, body, paths
     if root.has("batch"):
         body = root.section("batch")
@@ -351,14 +370,27 @@ def _pipeline_body(root: Section, ctx: SpecContext,
         if processing is not None:
             steps = _transformations(processing, "transformations", ctx, collect)
             collect(processing.done, ("chunk_size", *_RUNTIME_KEYS))
-        destination = collect(build_plugin, "sink", body.section("destination"), ctx)
+        destination = _destinations(body, ctx, collect)
         paths = {"source": body.at("source"), "transformations": f"{body.at('processing')}.transformations",
-                 "destination": body.at("destination")}
+                 "destination": body.at("destinations" if body.has("destinations") else "destination")}
         return source, steps, destination, processing if processing is not None else body, paths
-    for other in ("stream", "validation"):
-        if root.has(other):
-            raise SpecError(other, f"{other} specs are not supported by this version; use 'pipeline' or 'batch'")
-    raise SpecError("pipeline", "is required (a spec declares 'pipeline' or 'batch')")
+    if root.has("validation"):
+        raise SpecError("validation", "validation specs are not supported by this version; use 'pipeline', "
+                                      "'batch' or 'stream'")
+    raise SpecError("pipeline", "is required (a spec declares 'pipeline', 'batch' or 'stream')")
+
+
+def _destinations(body: Section, ctx: SpecContext, collect: _Collected) -> Any:
+    """``destination`` (one sink) or ``destinations`` (a list; each gets every batch):
+    a tuple of sinks when a list was given, else the one sink."""
+    if body.has("destinations"):
+        if body.has("destination"):
+            raise SpecError(body.at("destination"), "give either destination or destinations, not both")
+        sections = body.sections("destinations")
+        if not sections:
+            raise SpecError(body.at("destinations"), "expected at least one sink")
+        return tuple(collect(build_plugin, "sink", s, ctx) for s in sections)
+    return collect(build_plugin, "sink", body.section("destination"), ctx)
 
 
 def _transformations(section: Section, name: str, ctx: SpecContext, collect: _Collected) -> tuple[Any, ...]:
@@ -380,19 +412,31 @@ def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
                     f"{v!r} is not a valid pipeline name (letters, digits, '.', '_', '-'; 128 at most)")
     ctx = SpecContext(connections=_connections(root), base_dir=base_dir)
     collect = _Collected()
-    source, steps, destination, body, paths = _pipeline_body(root, ctx, collect)
+    stream = None
+    if root.has("stream"):
+        from .streamspec import stream_body
+
+        stream = stream_body(root, ctx, collect)
+        source, steps, destination, body, paths = stream.source, stream.before, stream.sinks, stream.body, stream.paths
+    else:
+        source, steps, destination, body, paths = _pipeline_body(root, ctx, collect)
     runtime = collect(_runtime, root.section("runtime")) if root.has("runtime") else RuntimeOptions()
     if body is not None and any(body.has(key) for key in _RUNTIME_KEYS):
         runtime = collect(_runtime, body)
-    body and collect(body.done, ("source", "transformations", "destination", "chunk_size", *_RUNTIME_KEYS))
+    body and collect(body.done, ("source", "transformations", "destination", "destinations", "processors",
+                                 "sinks", "chunk_size", *_RUNTIME_KEYS))
     schedule = collect(lambda: root.get("schedule", None, types=dict))
     pricing = collect(lambda: root.get("pricing", None, types=dict))
-    collect(root.done, ("version", "description", "metadata", "pipeline", "batch"))
+    collect(root.done, ("version", "description", "metadata", "pipeline", "batch", "stream"))
+    sinks = destination if isinstance(destination, tuple) else (destination,)
     if not collect.errors:
-        collect.errors.extend(check_pipeline(source, steps, destination, paths))
+        for sink in sinks:
+            collect.errors.extend(check_pipeline(source, steps, sink, paths))
     collect.raise_any()
-    return PipelineSpec(name=name, source=source, transformations=steps, destination=destination,
-                        runtime=runtime, schedule=schedule, pricing=pricing, digest=_digest(data), raw=data)
+    return PipelineSpec(name=name, source=source, transformations=steps, destination=sinks[0], sinks=sinks,
+                        runtime=runtime, schedule=schedule, pricing=pricing, digest=_digest(data), raw=data,
+                        kind="stream" if stream else "batch", window=stream.window if stream else None,
+                        after=stream.after if stream else ())
 
 
 def parse_file(path: str) -> PipelineSpec:

@@ -83,6 +83,13 @@ def _on_run(run: Run, event: ev.Event) -> Run:
                        batches=run.batches + 1, last_commit_at=event.at)
     if isinstance(event, ev.WatermarkCommitted):
         return replace(run, last_commit_at=event.at)
+    if isinstance(event, ev.CheckpointCommitted):
+        return replace(run, extracted=run.extracted + event.extracted, transformed=run.transformed + event.transformed,
+                       filtered=run.filtered + event.filtered, rejected=run.rejected + event.rejected + event.late,
+                       loaded=run.loaded + event.loaded, bytes=run.bytes + event.bytes,
+                       batches=run.batches + 1, last_commit_at=event.at - event.idle_s)
+    if isinstance(event, ev.RetryScheduled):
+        return replace(run, errors=run.errors + 1)
     if isinstance(event, (ev.ChildRestarted, ev.StepSkipped)):
         return replace(run, errors=run.errors + 1)
     if isinstance(event, ev.PartitionFailed):
@@ -108,8 +115,9 @@ def evolve(state: Runs, event: ev.Event | ev.RecordedEvent) -> Runs:
     if run is None:
         return state
     run = _on_run(run, event)
-    if isinstance(event, ev.WatermarkCommitted):
-        marks = {**state.watermarks.get(run.pipeline, {}), event.partition: event.position}
+    if isinstance(event, (ev.WatermarkCommitted, ev.CheckpointCommitted)):
+        moved = event.positions if isinstance(event, ev.CheckpointCommitted) else {event.partition: event.position}
+        marks = {**state.watermarks.get(run.pipeline, {}), **moved}
         run = replace(run, watermark=marks)
         return replace(state, by_id={**state.by_id, run_id: run},
                        watermarks={**state.watermarks, run.pipeline: marks})

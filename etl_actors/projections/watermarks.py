@@ -1,6 +1,7 @@
 """Where to resume: the committed position of every partition of one pipeline.
 
-State: ``{partition: position}``. ``WatermarkCommitted`` moves it, and a commit is
+State: ``{partition: position}``. ``WatermarkCommitted`` (a stream's
+``CheckpointCommitted``, for all its partitions at once) moves it, and a commit is
 appended only after the sink holds every batch up to that position;
 ``WatermarkReset`` empties it.
 """
@@ -8,13 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from ..events import Event, RecordedEvent, WatermarkCommitted, WatermarkReset
+from ..events import CheckpointCommitted, Event, RecordedEvent, WatermarkCommitted, WatermarkReset
 
 
 def evolve(state: Mapping[str, Any], event: Event | RecordedEvent) -> Mapping[str, Any]:
     event = getattr(event, "event", event)
     if isinstance(event, WatermarkCommitted):
         return {**state, event.partition: event.position}
+    if isinstance(event, CheckpointCommitted):
+        return {**state, **event.positions}
     if isinstance(event, WatermarkReset):
         return {}
     return state

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -23,7 +23,7 @@ from ..errors import LeaseHeld
 from ..leases import iso
 from ..logs import RunLogger
 from ..spec import PipelineSpec
-from .stages import Extractor, Loader, Transformer
+from .graph import STAGES, child_name
 from .supervisor import ChildLost, PipelineSupervisor
 
 NAMESPACE = "etl_actors"
@@ -33,16 +33,14 @@ def supervisor_name(pipeline: str) -> str:
     return f"etl:{pipeline}"
 
 
-_STAGES = {"extractor": Extractor, "transformer": Transformer, "loader": Loader}
-
-
 def _unwrap(exc: RayTaskError) -> BaseException:
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
 
 
 class RayChildren:
-    """Implements :class:`~.supervisor.Children` with Ray actors."""
+    """Implements :class:`~.supervisor.Children` with Ray actors, one per child, named
+    as :func:`~.graph.child_name` says."""
 
     def __init__(self, spec: PipelineSpec, log_url: str):
         self.spec, self.log_url = spec, log_url
@@ -52,30 +50,20 @@ class RayChildren:
     def cpus(self) -> int:
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    def _args(self, kind: str, index: int) -> tuple:
-        name = self.spec.name
-        if kind == "extractor":
-            return (name, self.spec.source, self.log_url, index)
-        if kind == "transformer":
-            return (name, self.spec.transformations, self.log_url, index)
-        return (name, self.spec.destination, self.log_url)
-
-    def _name(self, kind: str, index: int) -> str:
-        suffix = f":{index}" if kind != "loader" else ""
-        return f"{supervisor_name(self.spec.name)}:{kind}{suffix}"
-
     async def _create(self, kind: str, index: int) -> None:
-        cls = ray.remote(_STAGES[kind])
+        stage = STAGES[kind]
+        cls = ray.remote(stage.cls(self.spec))
+        name = child_name(self.spec.name, kind, index)
         for attempt in range(50):
             try:
-                handle = cls.options(name=self._name(kind, index), namespace=NAMESPACE,
+                handle = cls.options(name=name, namespace=NAMESPACE,
                                      num_cpus=self.spec.runtime.num_cpus, max_restarts=0,
-                                     max_task_retries=0).remote(*self._args(kind, index))
+                                     max_task_retries=0).remote(*stage.args(self.spec, self.log_url, index))
                 break
             except ValueError:  # the name of a dying predecessor is not free yet
                 await asyncio.sleep(0.2)
         else:
-            raise RuntimeError(f"cannot create {self._name(kind, index)}: the name stays taken")
+            raise RuntimeError(f"cannot create {name}: the name stays taken")
         self.handles[(kind, index)] = handle
 
     async def _await(self, kind: str, index: int, ref):
@@ -86,9 +74,8 @@ class RayChildren:
         except RayTaskError as exc:
             raise _unwrap(exc) from None
 
-    async def start(self, extractors: int, transformers: int) -> None:
-        wanted = [("extractor", i) for i in range(extractors)] + \
-                 [("transformer", i) for i in range(transformers)] + [("loader", 0)]
+    async def start(self, counts: Mapping[str, int]) -> None:
+        wanted = [(kind, i) for kind, n in counts.items() for i in range(n)]
         warm = [key for key in wanted if key in self.handles]
         for kind, index in wanted:
             if (kind, index) not in self.handles:
@@ -108,32 +95,16 @@ class RayChildren:
                     raise
                 await self.restart(kind, index)
 
-    async def open(self, index: int, partition: str, position: Any) -> None:
-        handle = self.handles[("extractor", index)]
-        await self._await("extractor", index, handle.open.remote(partition, position))
-
-    async def next_batch(self, index: int, run_id: str):
-        handle = self.handles[("extractor", index)]
-        report_ref, table_ref = handle.next_batch.options(num_returns=2).remote(run_id)
-        report = await self._await("extractor", index, report_ref)
-        return report, (table_ref if report is not None else None)
-
-    async def transform(self, index: int, ref, batch_id: str, run_id: str):
-        handle = self.handles[("transformer", index)]
-        out_ref, report_ref = handle.apply.options(num_returns=2).remote(ref, batch_id, run_id)
-        return out_ref, await self._await("transformer", index, report_ref)
-
-    async def finish_transform(self, refs: list, batch_id: str, run_id: str):
-        handle = self.handles[("transformer", 0)]
-        out_ref, report_ref = handle.finish_refs.options(num_returns=2).remote(batch_id, run_id, *refs)
-        return out_ref, await self._await("transformer", 0, report_ref)
-
-    async def load(self, ref, batch_id: str, run_id: str) -> dict:
-        handle = self.handles[("loader", 0)]
-        return await self._await("loader", 0, handle.load.remote(ref, batch_id, run_id))
-
-    async def finish_load(self) -> None:
-        await self._await("loader", 0, self.handles[("loader", 0)].finish.remote())
+    async def call(self, kind: str, index: int, method: str, *args, returns: int = 1, resolve: int = 0) -> Any:
+        """Call ``method`` on the child; with ``returns > 1`` the result is a tuple whose
+        item ``resolve`` is the value and the others ObjectRefs (tables stay in the
+        object store)."""
+        remote = getattr(self.handles[(kind, index)], method)
+        if returns == 1:
+            return await self._await(kind, index, remote.remote(*args))
+        refs = list(remote.options(num_returns=returns).remote(*args))
+        refs[resolve] = await self._await(kind, index, refs[resolve])
+        return tuple(refs)
 
     def generation(self, kind: str, index: int) -> int:
         """How many times the child was replaced; calls made before a restart fail."""
@@ -147,12 +118,13 @@ class RayChildren:
         await self._create(kind, index)
 
     async def stop(self) -> None:
-        loader = self.handles.get(("loader", 0))
-        if loader is not None:
+        async def close(handle) -> None:
             try:
-                await asyncio.wait_for(loader.close.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - best effort; a dead loader holds nothing open
+                await asyncio.wait_for(handle.close.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - best effort; a dead child holds nothing open
                 pass
+
+        await asyncio.gather(*(close(h) for h in self.handles.values()))
 
     async def shutdown(self) -> None:
         await self.stop()

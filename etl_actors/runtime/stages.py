@@ -173,13 +173,13 @@ class Loader(Stage):
     :meth:`load` twice with the same batch leaves its rows once.
     """
 
-    def __init__(self, pipeline: str, sink: Any, log_url: str):
-        self._init_args = (pipeline, sink, log_url)
-        self.pipeline, self.sink, self.log_url = pipeline, sink, log_url
+    def __init__(self, pipeline: str, sink: Any, log_url: str, index: int = 0):
+        self._init_args = (pipeline, sink, log_url, index)
+        self.pipeline, self.sink, self.log_url, self.index = pipeline, sink, log_url, index
         self._writer = None
 
     def __repr__(self) -> str:
-        return f"Loader[{self.pipeline}]"
+        return f"Loader[{self.pipeline}#{self.index}]"
 
     @property
     def writer(self):
@@ -190,7 +190,8 @@ class Loader(Stage):
     def load(self, table: pa.Table, batch_id: str, run_id: str) -> dict:
         result = self.writer.write(table, batch_id)
         if result.dead_letters:
-            _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, "load", result.dead_letters)
+            stage = "load" if self.index == 0 else f"load:{self.index}"
+            _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, stage, result.dead_letters)
         return {"batch_id": batch_id, "loaded": result.loaded, "failed": result.failed,
                 "duplicate": result.duplicate, "bytes": int(table.nbytes),
                 "reason": result.dead_letters[0].reason if result.dead_letters else ""}

@@ -16,7 +16,7 @@ import asyncio
 import sys
 import uuid
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 from .. import events as ev
 from ..batch import DeadLetter, jsonable
@@ -38,20 +38,18 @@ class ChildLost(EtlError):
 
 
 class Children(Protocol):
-    """How a supervisor reaches its children. ``Ref`` is whatever carries a table
-    (the table itself in-process, an ObjectRef on Ray). Calls raise :class:`ChildLost`
-    when the child died; :meth:`restart` replaces it."""
+    """How a supervisor reaches its children, of the kinds in :data:`.graph.STAGES`.
+    A table travels as whatever carries it (the table itself in-process, an ObjectRef
+    on Ray). Calls raise :class:`ChildLost` when the child died; :meth:`restart`
+    replaces it."""
 
     def cpus(self) -> int: ...
-    async def start(self, extractors: int, transformers: int) -> None:
-        """Have that many children ready, each with fresh state for a new run (a child
-        kept from an earlier run is reset, not started again)."""
-    async def open(self, index: int, partition: str, position: Any) -> None: ...
-    async def next_batch(self, index: int, run_id: str) -> tuple[dict | None, Any]: ...
-    async def transform(self, index: int, ref: Any, batch_id: str, run_id: str) -> tuple[Any, dict]: ...
-    async def finish_transform(self, refs: list, batch_id: str, run_id: str) -> tuple[Any, dict]: ...
-    async def load(self, ref: Any, batch_id: str, run_id: str) -> dict: ...
-    async def finish_load(self) -> None: ...
+    async def start(self, counts: Mapping[str, int]) -> None:
+        """Have ``counts[kind]`` children of each kind ready, each with fresh state for a
+        new run (a child kept from an earlier run is reset, not started again)."""
+    async def call(self, kind: str, index: int, method: str, *args, returns: int = 1, resolve: int = 0) -> Any:
+        """``method(*args)`` on child ``kind#index``; with ``returns > 1`` a tuple whose
+        item ``resolve`` is a value and the rest carry tables."""
     async def restart(self, kind: str, index: int) -> None: ...
     def generation(self, kind: str, index: int) -> int: ...
     async def stop(self) -> None:
@@ -243,7 +241,7 @@ class _Run:
         self.sup, self.spec, self.run_id, self.trigger = sup, sup.spec, run_id, trigger
         self.children: Children = sup.children
         self.before, self.blocking, self.after = split_chain(self.spec.transformations)
-        self.deferred = self.blocking is not None or self.spec.destination.commits_at_finish
+        self.deferred = self.blocking is not None or any(s.commits_at_finish for s in self.spec.sinks)
         self.commits: dict[str, PartitionCommits] = {}
         self.last_loaded: dict[str, Any] = {}
         self.partials: list = []
@@ -287,7 +285,8 @@ class _Run:
         runtime = self.spec.runtime
         n_transformers = runtime.parallelism or max(1, self.children.cpus())
         self.n_extractors = max(1, min(runtime.extractors or self.children.cpus(), n_partitions))
-        await self.children.start(self.n_extractors, n_transformers)
+        await self.children.start({"extractor": self.n_extractors, "transformer": n_transformers,
+                                   "loader": len(self.spec.sinks)})
         self.transformer_load = [0] * n_transformers
 
     async def _execute(self, partitions: list[str]) -> None:
@@ -305,7 +304,8 @@ class _Run:
         if self.blocking is not None:
             await self._finish_blocking()
         self.sup.append(ev.PhaseStarted(run_id=self.run_id, phase="finish"))
-        await self._call("loader", 0, lambda: self.children.finish_load())
+        await asyncio.gather(*(self._call("loader", i, lambda i=i: self.children.call("loader", i, "finish"))
+                               for i in range(len(self.spec.sinks))))
         if self.deferred:
             self.sup.append(*[ev.WatermarkCommitted(run_id=self.run_id, partition=p, position=pos,
                                                     done=_is_done(pos))
@@ -344,7 +344,7 @@ class _Run:
             position = self.sup.watermarks.get(partition)
             self.commits[partition] = PartitionCommits()
             try:
-                await self._call("extractor", index, lambda: self.children.open(index, partition, position))
+                await self._call("extractor", index, lambda: self._open(index, partition, position))
                 await self._read_partition(index, partition, position)
             except TerminalError as exc:
                 if getattr(exc, "partition", None) != partition or exc is self.failure:
@@ -396,15 +396,18 @@ class _Run:
             self.tasks.add(task)
             task.add_done_callback(self._on_done)
 
+    def _open(self, index: int, partition: str, position: Any):
+        return self.children.call("extractor", index, "open", partition, position)
+
     async def _next(self, index: int, partition: str, position: Any):
         """The next batch; a lost extractor is restarted at the last extracted position."""
         while True:
             generation = self.children.generation("extractor", index)
             try:
-                return await self.children.next_batch(index, self.run_id)
+                return await self.children.call("extractor", index, "next_batch", self.run_id, returns=2)
             except ChildLost as lost:
                 await self._restarted("extractor", index, lost, generation)
-                await self._call("extractor", index, lambda: self.children.open(index, partition, position))
+                await self._call("extractor", index, lambda: self._open(index, partition, position))
 
     def _on_done(self, task: asyncio.Task) -> None:
         self.slots.release()
@@ -418,7 +421,8 @@ class _Run:
         t = self.transformer_load.index(min(self.transformer_load))
         self.transformer_load[t] += 1
         try:
-            out, tr = await self._call("transformer", t, lambda: self.children.transform(t, ref, batch_id, self.run_id))
+            out, tr = await self._call("transformer", t, lambda: self.children.call(
+                "transformer", t, "apply", ref, batch_id, self.run_id, returns=2, resolve=1))
         finally:
             self.transformer_load[t] -= 1
         self._transformed(batch_id, tr)
@@ -426,8 +430,7 @@ class _Run:
             self.partials.append(out)
             self._loaded(report, {"loaded": 0, "failed": 0, "duplicate": False, "bytes": 0}, record=False)
             return
-        result = await self._call("loader", 0, lambda: self.children.load(out, batch_id, self.run_id))
-        self._loaded(report, result)
+        self._loaded(report, await self._load_everywhere(out, batch_id))
 
     def _transformed(self, batch_id: str, tr: dict) -> None:
         events: list[ev.Event] = [ev.BatchTransformed(
@@ -461,16 +464,28 @@ class _Run:
         if events:
             self.sup.append(*events)
 
+    async def _load_everywhere(self, ref: Any, batch_id: str) -> dict:
+        """Load a batch into every sink (concurrently); the counts are the first sink's,
+        with the rows any sink refused."""
+        results = await asyncio.gather(*(
+            self._call("loader", i, lambda i=i: self.children.call("loader", i, "load", ref, batch_id, self.run_id))
+            for i in range(len(self.spec.sinks))))
+        first = dict(results[0])
+        for other in results[1:]:
+            first["failed"] += other["failed"]
+            first["reason"] = first.get("reason") or other.get("reason", "")
+        return first
+
     async def _finish_blocking(self) -> None:
         self.sup.append(ev.PhaseStarted(run_id=self.run_id, phase="aggregate"))
         batch_id = f"{self.run_id}:{self.blocking.id}"
-        out, tr = await self._call("transformer", 0,
-                                   lambda: self.children.finish_transform(self.partials, batch_id, self.run_id))
+        out, tr = await self._call("transformer", 0, lambda: self.children.call(
+            "transformer", 0, "finish_refs", batch_id, self.run_id, *self.partials, returns=2, resolve=1))
         batch_id = tr.get("batch_id", batch_id)
         self.sup.append(ev.BatchTransformed(run_id=self.run_id, batch_id=batch_id, rows_in=tr["rows_in"],
                                             rows_out=tr["rows_out"], rejected=tr["rejected"], filtered=0,
                                             steps=tr["steps"]))
-        result = await self._call("loader", 0, lambda: self.children.load(out, batch_id, self.run_id))
+        result = await self._load_everywhere(out, batch_id)
         self.sup.append(ev.BatchLoaded(run_id=self.run_id, batch_id=batch_id, partition="", position=None,
                                        rows=result["loaded"], failed=result["failed"], bytes=result["bytes"],
                                        duplicate=result["duplicate"]))
@@ -494,8 +509,8 @@ class _Run:
                 await self._restart(kind, index, key, lost)
 
     async def _restart(self, kind: str, index: int, key: str, lost: ChildLost) -> None:
-        if kind == "loader" and self.spec.destination.commits_at_finish:
-            raise EtlError(f"the loader was lost during a {self.spec.destination.describe().get('mode', '')} run "
+        if kind == "loader" and self.spec.sinks[index].commits_at_finish:
+            raise EtlError(f"the loader was lost during a {self.spec.sinks[index].describe().get('mode', '')} run "
                            f"whose rows become visible only at its end ({lost.reason}); nothing was committed: "
                            "run again")
         self.restarts[key] = attempt = self.restarts.get(key, 0) + 1

@@ -94,11 +94,12 @@ def test_a_lost_loader_in_replace_mode_fails_the_run_without_committing(tmp_path
     class Losing(LocalChildren):
         loads = 0
 
-        async def load(self, ref, batch_id, run_id):
-            Losing.loads += 1
-            if Losing.loads == 2:
-                self.lose("loader")
-            return await super().load(ref, batch_id, run_id)
+        async def call(self, kind, index, method, *args, **options):
+            if (kind, method) == ("loader", "load"):
+                Losing.loads += 1
+                if Losing.loads == 2:
+                    self.lose("loader")
+            return await super().call(kind, index, method, *args, **options)
 
     result = asyncio.run(PipelineSupervisor(spec, f"sqlite:///{tmp_path}/ev.db", Losing).run())
     assert result["status"] == "failed" and "run again" in result["error"]

@@ -1,0 +1,69 @@
+"""The stage kinds, as data: which class each kind of child is and what it is built
+with. The supervisor, both :class:`~.supervisor.Children` implementations and the
+actor names read this table; a new kind of stage is a new row.
+
+=============  ==========================================  =============================
+kind           class                                       one per
+=============  ==========================================  =============================
+extractor      Extractor (batch) / StreamExtractor (stream) group of source partitions
+transformer    Transformer                                 worker of the pool (batch)
+window         WindowOperator                              key-hash shard of a window
+loader         Loader                                      sink
+=============  ==========================================  =============================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .stages import Extractor, Loader, Transformer
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """How to build a child of one kind for a pipeline: its class and its arguments."""
+
+    cls: Callable[[Any], type]
+    args: Callable[[Any, str, int], tuple]
+
+
+def _extractor_class(spec) -> type:
+    if spec.is_stream:
+        from .streaming import StreamExtractor
+
+        return StreamExtractor
+    return Extractor
+
+
+def _extractor_args(spec, log_url: str, index: int) -> tuple:
+    if spec.is_stream:
+        return (spec.name, spec.source, spec.transformations, spec.window, log_url, index)
+    return (spec.name, spec.source, log_url, index)
+
+
+def _window_class(spec) -> type:
+    from .streaming import WindowOperator
+
+    return WindowOperator
+
+
+STAGES: dict[str, StageKind] = {
+    "extractor": StageKind(_extractor_class, _extractor_args),
+    "transformer": StageKind(lambda spec: Transformer,
+                             lambda spec, log_url, i: (spec.name, spec.transformations, log_url, i)),
+    "window": StageKind(_window_class, lambda spec, log_url, i: (spec.name, spec.window, spec.after, log_url, i)),
+    "loader": StageKind(lambda spec: Loader, lambda spec, log_url, i: (spec.name, spec.sinks[i], log_url, i)),
+}
+
+
+def build(kind: str, spec, log_url: str, index: int) -> Any:
+    """A new child of ``kind`` in this process."""
+    stage = STAGES[kind]
+    return stage.cls(spec)(*stage.args(spec, log_url, index))
+
+
+def child_name(pipeline: str, kind: str, index: int) -> str:
+    """The actor name of a child: ``etl:<pipeline>:<kind>:<i>`` (the first loader is
+    ``etl:<pipeline>:loader``)."""
+    suffix = kind if kind == "loader" and index == 0 else f"{kind}:{index}"
+    return f"etl:{pipeline}:{suffix}"
