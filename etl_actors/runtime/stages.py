@@ -147,12 +147,15 @@ class Transformer(Stage):
                                                  success=False, error=error))
             return table
         if result.rejects:
-            _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, f"transform:{step.id}",
-                                                    result.rejects)
+            self._put_rejects(f"transform:{step.id}", result.rejects, batch_id, run_id)
             report["rejected"] += len(result.rejects)
             report["reasons"].append(result.rejects[0].reason)
         report["steps"].append(_step_metrics(step.id, table.num_rows, result.table.num_rows, started))
         return result.table
+
+
+    def _put_rejects(self, stage: str, rejects: Sequence[DeadLetter], batch_id: str, run_id: str) -> None:
+        _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, stage, rejects)
 
 
 def _step_metrics(step_id: str, rows_in: int, rows_out: int, started: float, success: bool = True,

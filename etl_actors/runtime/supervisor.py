@@ -24,6 +24,7 @@ from ..errors import ConcurrencyError, EtlError, LeaseLost, TerminalError
 from ..eventlog import EventLog
 from ..leases import Heartbeat, Leases, Owner, process_gone
 from ..projections import runs as runs_projection
+from ..projections import streams as streams_projection
 from ..projections import watermarks as watermarks_projection
 from ..spec import PipelineSpec
 from ..batch import is_done as _is_done
@@ -110,17 +111,20 @@ class PipelineSupervisor:
                             if isinstance(r.event, ev.PipelineDefined)), None)
         self.watermarks = watermarks_projection.project(recorded)
         self.runs = runs_projection.project(recorded)
+        self.checkpoint = streams_projection.project(recorded)
 
-    def append(self, *events: ev.Event) -> None:
+    def append(self, *events: ev.Event, snapshot: tuple | None = None) -> None:
         """Append to the stream at the version this supervisor holds, fenced by its
         lease while a run holds one; fold the events, then tell the listeners (a
         listener that fails is reported, and changes neither the log nor the folds)."""
         events = tuple(ev.redacted(e) for e in events)
         fence = (self.spec.name, self.lease.epoch) if self.lease is not None else None
-        self.version = self.log.append(self.spec.stream, list(events), expected_version=self.version, fence=fence)
+        self.version = self.log.append(self.spec.stream, list(events), expected_version=self.version, fence=fence,
+                                       snapshot=snapshot)
         for event in events:
             self.watermarks = watermarks_projection.evolve(self.watermarks, event)
             self.runs = runs_projection.evolve(self.runs, event)
+            self.checkpoint = streams_projection.evolve(self.checkpoint, event)
         for event in events:
             for listener in self.listeners:
                 try:
@@ -188,10 +192,13 @@ class PipelineSupervisor:
     def status(self) -> dict:
         last = self.runs.last(self.spec.name)
         lease = self.lease
-        return {"pipeline": self.spec.name, "running": self._current is not None, "runId": self._current,
-                "owner": lease.owner.describe() if lease else None, "since": lease.acquired_at if lease else None,
-                "watermark": self.spec.source.view_watermark(self.watermarks),
-                "lastRun": runs_projection.summary(last, self.spec.source.view_watermark) if last else None}
+        status = {"pipeline": self.spec.name, "running": self._current is not None, "runId": self._current,
+                  "owner": lease.owner.describe() if lease else None, "since": lease.acquired_at if lease else None,
+                  "watermark": self.spec.source.view_watermark(self.watermarks),
+                  "lastRun": runs_projection.summary(last, self.spec.source.view_watermark) if last else None}
+        if self.spec.is_stream:
+            status["stream"] = streams_projection.view(self.checkpoint)
+        return status
 
     def stop(self, reason: str = "stopped on request") -> None:
         """Finish the batches in flight, then end the run without reading more; the run
@@ -205,7 +212,7 @@ class PipelineSupervisor:
     # --- a run ----------------------------------------------------------------------
 
     async def run(self, trigger: str = "manual", run_id: str | None = None, reset: bool = False,
-                  force: bool = False) -> dict:
+                  force: bool = False, until_idle: float | None = None) -> dict:
         """Run the pipeline once from its committed watermark (from the very start of
         the source with ``reset``); return the run summary.
 
@@ -218,7 +225,12 @@ class PipelineSupervisor:
             if reset:
                 self.append(ev.WatermarkReset(pipeline=self.spec.name, reason=f"{trigger}: run from the start"))
             self._current = run_id
-            await _Run(self, run_id, trigger).execute()
+            if self.spec.is_stream:
+                from .stream import StreamRun
+
+                await StreamRun(self, run_id, trigger, until_idle).execute()
+            else:
+                await _Run(self, run_id, trigger).execute()
         except ConcurrencyError:
             pass  # fenced out before the run began: the summary below says what the log says
         finally:

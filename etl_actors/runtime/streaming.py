@@ -1,0 +1,189 @@
+"""The stream stages: an extractor that reads, transforms and pre-aggregates, and a
+window operator that keeps window state and emits what the watermark passed.
+
+The processors before the window run inside the extractor, on each topic-partition's
+messages in offset order (chained, as Flink chains operators: nothing before a window
+needs a repartition, so a batch crosses the object store once, as compact partials).
+Every dead letter of a stream is keyed by its event's ``topic:partition@offset``, so a
+replay from a checkpoint writes none twice and counts only new ones.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+
+from ..batch import DeadLetter, jsonable
+from .stages import Stage, Transformer, _log, content_id
+
+OFFSET = "__etl_offset"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Chain(Transformer):
+    """The processors before the window, run on one partition's batch; their dead
+    letters are keyed by event offset."""
+
+    def __init__(self, pipeline: str, steps: Sequence[Any], log_url: str, index: int = 0):
+        super().__init__(pipeline, steps, log_url, index)
+        self.partition, self.fresh = "", 0
+
+    def _put_rejects(self, stage: str, rejects: Sequence[DeadLetter], batch_id: str, run_id: str) -> None:
+        self.fresh += put_by_offset(self.log_url, self.pipeline, run_id, stage, self.partition, rejects)
+
+
+def put_by_offset(log_url: str, pipeline: str, run_id: str, stage: str, partition: str,
+                  letters: Sequence[DeadLetter], offsets: Sequence[int] | None = None) -> int:
+    """Store ``letters`` keyed ``partition@offset`` (the offset from ``offsets`` or the
+    record's ``__etl_offset``); return how many were new."""
+    keyed = []
+    for i, letter in enumerate(letters):
+        record = dict(letter.record)
+        offset = record.pop(OFFSET, None) if offsets is None else offsets[i]
+        topic, _, part = partition.rpartition(":")
+        record.setdefault("_topic", topic)
+        record.setdefault("_partition", int(part) if part.isdigit() else part)
+        record.setdefault("_offset", offset)
+        keyed.append((f"{partition}@{offset}", 0 if offset is not None else i, DeadLetter(letter.reason, record)))
+    return _log(log_url).put_keyed_letters(pipeline, run_id, stage, keyed) if keyed else 0
+
+
+class StreamExtractor(Stage):
+    """Reads its topic-partitions from the positions it is opened at, one poll per
+    call, and returns ``(report, *tables)``: with a window, one partial per window
+    shard; without, the transformed events."""
+
+    def __init__(self, pipeline: str, source: Any, steps: Sequence[Any], window: Any, log_url: str, index: int = 0):
+        self._init_args = (pipeline, source, steps, window, log_url, index)
+        self.pipeline, self.source, self.window, self.log_url, self.index = pipeline, source, window, log_url, index
+        self.chain = _Chain(pipeline, steps, log_url, index)
+        self.reader, self.clock = None, {}
+
+    def __repr__(self) -> str:
+        return f"StreamExtractor[{self.pipeline}#{self.index}]"
+
+    @property
+    def outputs(self) -> int:
+        return self.window.parallelism if self.window is not None else 1
+
+    def open(self, assignments: Mapping[str, int | None], max_seen: Mapping[str, int | None]) -> None:
+        """Read ``assignments`` (``{"topic:partition": next offset or None}``), each
+        partition having seen events up to ``max_seen`` (for lateness)."""
+        self.close()
+        self.clock = {p: max_seen.get(p) for p in assignments}
+        self.reader = self.source.open_reader(dict(assignments))
+
+    def poll(self, run_id: str, floor_ms: int | None) -> tuple:
+        polled = self.reader.poll()
+        report = {"positions": {}, "maxSeen": {}, "count": 0, "bytes": 0, "rows": 0, "transformed": 0,
+                  "filtered": 0, "rejected": 0, "late": 0, "reason": "", "highwater": {}}
+        outputs: list[list[pa.Table]] = [[] for _ in range(self.outputs)]
+        for partition, batch in polled.items():
+            self._partition(run_id, partition, batch, floor_ms, report, outputs)
+        if polled:
+            report["highwater"] = self.reader.highwater()
+        return (report, *[_concat(parts) for parts in outputs])
+
+    def _partition(self, run_id: str, partition: str, batch, floor_ms, report: dict, outputs: list) -> None:
+        report["positions"][partition] = batch.next_offset
+        report["count"] += batch.count
+        report["bytes"] += batch.bytes
+        if batch.rejects:
+            offsets = [offset for offset, _ in batch.rejects]
+            letters = [letter for _, letter in batch.rejects]
+            report["rejected"] += put_by_offset(self.log_url, self.pipeline, run_id, "extract", partition, letters,
+                                                offsets)
+            report["reason"] = report["reason"] or letters[0].reason
+        table = batch.table.append_column(OFFSET, pa.array(batch.offsets, pa.int64()))
+        self.chain.partition, self.chain.fresh = partition, 0
+        table, tr = self.chain._run_steps(self.chain.before, table, partition, run_id)
+        report["rows"] += tr["rows_in"]
+        report["transformed"] += tr["rows_out"]
+        report["filtered"] += tr["filtered"]
+        report["rejected"] += self.chain.fresh
+        if tr["reasons"]:
+            report["reason"] = report["reason"] or tr["reasons"][0]
+        if self.window is None:
+            outputs[0].append(table.drop_columns([c for c in table.column_names if c.startswith("__etl")]))
+            report["maxSeen"][partition] = None
+            return
+        self._windowed(run_id, partition, table, floor_ms, report, outputs)
+
+    def _windowed(self, run_id: str, partition: str, table: pa.Table, floor_ms, report: dict, outputs: list) -> None:
+        from ..windows import pre_aggregate
+
+        assigned = pre_aggregate(table, self.window, self.clock.get(partition), floor_ms, _now_ms())
+        self.clock[partition] = assigned.max_seen
+        report["maxSeen"][partition] = assigned.max_seen
+        letters = [(int(i), "late") for i in assigned.late] + [(int(i), reason) for i, reason in assigned.bad]
+        if letters:
+            report["late"] += self._late(run_id, partition, table, letters)
+        for shard, partial in enumerate(assigned.partials):
+            if partial.num_rows:
+                outputs[shard].append(partial)
+
+    def _late(self, run_id: str, partition: str, table: pa.Table, letters: list[tuple[int, str]]) -> int:
+        rows = table.take(pa.array([i for i, _ in letters], pa.int64())).to_pylist()
+        dead = [DeadLetter(reason, jsonable(row)) for (_, reason), row in zip(letters, rows)]
+        return put_by_offset(self.log_url, self.pipeline, run_id, "window", partition, dead)
+
+    def commit_group(self, positions: Mapping[str, int]) -> None:
+        if self.reader is not None:
+            self.reader.commit_group({p: o for p, o in positions.items() if p in self.clock})
+
+    def close(self) -> None:
+        if self.reader is not None:
+            reader, self.reader = self.reader, None
+            reader.close()
+
+
+def _concat(parts: list[pa.Table]) -> pa.Table | None:
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+class WindowOperator(Stage):
+    """One key-hash shard of the window: adds partials, emits the windows the
+    watermark passed (running the processors after the window on them), and hands
+    out its state for the checkpoint."""
+
+    def __init__(self, pipeline: str, window: Any, after: Sequence[Any], log_url: str, index: int = 0):
+        from ..windows import WindowState
+
+        self._init_args = (pipeline, window, after, log_url, index)
+        self.pipeline, self.window, self.log_url, self.index = pipeline, window, log_url, index
+        self.after = Transformer(pipeline, after, log_url, index) if after else None
+        self.state = WindowState(window)
+
+    def __repr__(self) -> str:
+        return f"WindowOperator[{self.pipeline}#{self.index}]"
+
+    def restore(self, data: bytes | None) -> int:
+        """Start from a checkpoint's state (None: empty); return its open windows."""
+        from ..windows import WindowState
+
+        self.state = WindowState.restore(self.window, data)
+        return self.state.open_windows()
+
+    def add(self, *partials: pa.Table | None) -> int:
+        """Merge partials; return the events dropped because their window was already
+        emitted (possible only after an idle partition resumed)."""
+        return sum(self.state.add(p) for p in partials if p is not None and p.num_rows)
+
+    def advance(self, run_id: str, watermark: int | None, flush: bool = False) -> tuple[dict, pa.Table]:
+        results = self.state.flush() if flush else self.state.advance(watermark)
+        windows = results.num_rows
+        if self.after is not None and windows:
+            results, _ = self.after._run_steps(self.after.before, results, content_id("window", results), run_id)
+        report = {"windows": windows, "rows": results.num_rows, "open": self.state.open_windows(),
+                  "emitted": self.state.emitted_watermark, "snapshot": self.state.snapshot(),
+                  "batch_id": content_id(f"window{self.index}", results) if results.num_rows else ""}
+        return report, results
+
