@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", help="run in this process instead of on Ray")
     run.add_argument("--reset", action="store_true",
                      help="forget the committed watermark and read the source from the start")
+    run.add_argument("--until-idle", type=_seconds, metavar="SECONDS", dest="until_idle",
+                     help="streams: stop once no message has come for SECONDS, emitting every open window")
     run.add_argument("--force", action="store_true",
                      help="take the pipeline over from a run that still holds its lease (that run is "
                           "recorded as interrupted and fenced out)")
@@ -67,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--follow", "-f", action="store_true",
                              help="keep printing new events as they are appended (Ctrl-C ends)")
     return parser
+
+
+def _seconds(text: str) -> float:
+    from .spec import parse_seconds
+
+    try:
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _print_json(data) -> None:
@@ -101,23 +112,33 @@ def _cmd_run(args) -> int:
     bar = _ProgressBar(pipeline.name, log_url) if sys.stderr.isatty() else None
     if bar:
         bar.start()
+    if args.until_idle is not None and not pipeline.spec.is_stream:
+        raise UsageError("--until-idle is for stream specs (stream:); a batch run ends when its source does")
     interrupted = False
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with pipeline:
+            options = {"until_idle": args.until_idle} if pipeline.spec.is_stream else {}
             result = pipeline.run(log=log_url, runtime="local" if args.local else "ray", reset=args.reset,
-                                  force=args.force)
+                                  force=args.force, **options)
     except RunInterrupted as exc:  # Ctrl-C: stopped after the batches in flight; say how far it got
         result, interrupted = exc.summary, True
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if bar:
             bar.close()
     if args.json:
         _print_json(result)
     else:
         _print_summary(result)
-    if interrupted:
-        return EXIT_INTERRUPTED
+    if interrupted and not (pipeline.spec.is_stream and result["status"] == "success"):
+        return EXIT_INTERRUPTED   # a stream stopped by a signal flushed and committed: that is its end
     return EXIT_OK if result["status"] == "success" else EXIT_FAILED
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM ends a run as Ctrl-C does: after what is in flight is committed."""
+    raise KeyboardInterrupt
 
 
 def _print_summary(result: dict) -> None:
@@ -146,6 +167,13 @@ def _cmd_status(args) -> int:
         last = status["lastRun"]
         print(f"  last run {last['runId']}: {last['status']}, {last['recordsLoaded']} loaded, "
               f"{last['recordsRejected']} rejected, {last['durationMs']} ms")
+    stream = status.get("stream")
+    if stream:
+        print(f"  stream watermark {stream['watermark']} (windows emitted up to {stream['emittedUpTo']}), "
+              f"{stream['openWindows']} open window(s), {stream['eventsPerSecond']} events/s "
+              f"at checkpoint {stream['checkpoint']} ({_iso(stream['at'])})")
+        for partition, lag in sorted(stream["lag"].items()):
+            print(f"  partition {partition}: at {stream['positions'].get(partition)}, lag {lag}")
     return EXIT_OK
 
 
@@ -234,6 +262,11 @@ class _ProgressBar:
             self._draw(self.state)
 
     def _draw(self, state) -> None:
+        if state.rate is not None:   # a stream: how fast and how far behind, not a percentage
+            sys.stderr.write(f"\r{state.phase:<7} {state.records_in:>12,} events {state.rate:>10,.0f} events/s "
+                             f"lag {state.lag or 0:>10,} {state.records_out:>10,} out")
+            sys.stderr.flush()
+            return
         width = 30
         pct = state.percent
         filled = int(width * (pct or 0) / 100)

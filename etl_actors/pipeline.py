@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 import re
 import socket
 import sys
@@ -75,6 +77,7 @@ class Pipeline:
         self.spec = spec
         self._supervisor = None     # kept between runs on Ray, with its warm children
         self._supervisor_log = None
+        self._started = None        # a run started with start(): its Ray ref or local thread
 
     @classmethod
     def from_file(cls, path: str) -> "Pipeline":
@@ -89,28 +92,67 @@ class Pipeline:
         return self.spec.name
 
     def run(self, log: str | None = None, runtime: str = "ray", trigger: str = "manual",
-            reset: bool = False, force: bool = False) -> dict:
+            reset: bool = False, force: bool = False, until_idle: float | None = None) -> dict:
         """Run once from the committed watermark (from the start of the source with
         ``reset``); return the run summary (``status`` is ``success`` or ``failed``).
+        A stream runs until stopped (Ctrl-C, SIGTERM, :meth:`stop` from elsewhere) or,
+        with ``until_idle``, until no message has come for that many seconds.
 
         Raises :class:`~etl_actors.errors.LeaseHeld` while another run of this pipeline
         is live (anywhere that shares the event log), unless ``force``: then that run
         is recorded as interrupted and fenced out."""
+        log_url = self._log(log, runtime)
+        if runtime == "local":
+            return run_local(self.spec, log_url, trigger, reset, force, until_idle)
+        supervisor = self._ray_supervisor(log_url, force)
+        try:
+            return run_supervised(supervisor, trigger, reset, force, until_idle)
+        except BaseException:
+            self.close()
+            raise
+
+    def _log(self, log: str | None, runtime: str) -> str:
         log_url = resolve_log_url(log)
         check_durable(log_url)
-        if runtime == "local":
-            return run_local(self.spec, log_url, trigger, reset, force)
-        if runtime != "ray":
+        if runtime not in ("ray", "local"):
             raise SpecError("runtime", f"{runtime!r} is not one of ray, local")
+        return log_url
+
+    def _ray_supervisor(self, log_url: str, force: bool):
         if self._supervisor is not None and self._supervisor_log != log_url:
             self.close()
         if self._supervisor is None:
             self._supervisor, self._supervisor_log = start_on_ray(self.spec, log_url, force), log_url
+        return self._supervisor
+
+    def start(self, log: str | None = None, runtime: str = "ray", until_idle: float | None = None,
+              reset: bool = False, force: bool = False) -> "Pipeline":
+        """Start a run and return at once; :meth:`status` shows it live, :meth:`stop`
+        ends it (a stream flushes and commits) and :meth:`wait` waits for its summary."""
+        if self._started is not None:
+            raise EtlError(f"pipeline {self.name!r} was already started by this object; stop() it first")
+        log_url = self._log(log, runtime)
+        if runtime == "local":
+            self._started = _LocalRun(self.spec, log_url, reset, force, until_idle)
+        else:
+            supervisor = self._ray_supervisor(log_url, force)
+            self._started = supervisor.run.remote("manual", None, reset, force, until_idle)
+        return self
+
+    def wait(self, timeout: float | None = None) -> dict:
+        """The summary of the run :meth:`start` began, once it ends."""
+        started, self._started = self._started, None
+        if started is None:
+            raise EtlError(f"pipeline {self.name!r} has no run started by start()")
+        if isinstance(started, _LocalRun):
+            return started.result(timeout)
+        import ray
+
         try:
-            return run_supervised(self._supervisor, trigger, reset, force)
-        except BaseException:
-            self.close()
-            raise
+            return ray.get(started, timeout=timeout)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, Exception) else exc) from None
 
     def close(self) -> None:
         """End the supervisor and children this object keeps between runs on Ray. They
@@ -126,33 +168,108 @@ class Pipeline:
         self.close()
 
     def status(self, log: str | None = None) -> dict:
-        return pipeline_status(self.name, resolve_log_url(log), self.spec)
+        """What the log says (watermark, runs, a stream's last checkpoint), and while a
+        run this object started goes, the supervisor's live view under ``live``."""
+        status = pipeline_status(self.name, resolve_log_url(log or self._supervisor_log), self.spec)
+        if isinstance(self._started, _LocalRun):
+            status["live"] = self._started.supervisor.status()
+        elif self._started is not None:
+            import ray
 
-    def stop(self) -> None:
-        """Ask the running supervisor to finish its batches in flight and stop."""
+            status["live"] = ray.get(self._supervisor.status.remote(), timeout=30)
+        return status
+
+    def stop(self, timeout: float = STOP_GRACE_S) -> dict | None:
+        """Ask the running supervisor to finish what is in flight and stop (a stream
+        commits a last checkpoint and succeeds). For a run begun with :meth:`start`,
+        returns its summary."""
+        if isinstance(self._started, _LocalRun):
+            self._started.stop()
+            return self.wait(timeout)
         import ray
 
         from .runtime.actors import NAMESPACE, supervisor_name
 
         ensure_ray()
-        ray.get(ray.get_actor(supervisor_name(self.name), namespace=NAMESPACE).stop.remote())
+        supervisor = self._supervisor or ray.get_actor(supervisor_name(self.name), namespace=NAMESPACE)
+        ray.get(supervisor.stop.remote(), timeout=timeout)
+        return self.wait(timeout) if self._started is not None else None
 
 
-def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: bool = False,
-              force: bool = False) -> dict:
+def _local_supervisor(spec: PipelineSpec, log_url: str):
     from .logs import RunLogger
     from .runtime.local import LocalChildren
     from .runtime.supervisor import PipelineSupervisor
 
+    return PipelineSupervisor(spec, log_url, LocalChildren, listeners=[RunLogger(spec.name, "warning")])
+
+
+def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: bool = False,
+              force: bool = False, until_idle: float | None = None) -> dict:
+    """One run in this process. A stream stops gracefully on Ctrl-C (it commits a last
+    checkpoint); a batch run is cancelled and recorded as interrupted."""
     run_id = uuid.uuid4().hex[:12]
+    supervisor = _local_supervisor(spec, log_url)
+    stopped = []
+
+    def terminate() -> None:
+        stopped.append(True)
+        supervisor.stop("terminated (SIGTERM)")
+
+    async def main() -> dict:
+        task = asyncio.ensure_future(supervisor.run(trigger, run_id, reset, force, until_idle))
+        if spec.is_stream and threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+        while spec.is_stream:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:   # Ctrl-C: the stream stops after a last checkpoint
+                if stopped:
+                    raise
+                stopped.append(True)
+                supervisor.stop("interrupted (Ctrl-C)")
+        return await task
+
     try:
-        supervisor = PipelineSupervisor(spec, log_url, LocalChildren, listeners=[RunLogger(spec.name, "warning")])
-        return asyncio.run(supervisor.run(trigger, run_id, reset, force))
+        result = asyncio.run(main())
     except KeyboardInterrupt:  # the run was cancelled and recorded as failed: say how far it got
         last = pipeline_status(spec.name, log_url, spec)["lastRun"]
         if last is None or last["runId"] != run_id:
             raise
         raise RunInterrupted(last) from None
+    if stopped:
+        raise RunInterrupted(result)
+    return result
+
+
+class _LocalRun:
+    """A run of :meth:`Pipeline.start` in this process, on a thread of its own."""
+
+    def __init__(self, spec: PipelineSpec, log_url: str, reset: bool, force: bool, until_idle: float | None):
+        self.supervisor = _local_supervisor(spec, log_url)
+        self.loop = asyncio.new_event_loop()
+        self._result: dict | None = None
+        self._error: BaseException | None = None
+        run = self.supervisor.run("manual", None, reset, force, until_idle)
+        self.thread = threading.Thread(target=self._main, args=(run,), daemon=True)
+        self.thread.start()
+
+    def _main(self, run) -> None:
+        try:
+            self._result = self.loop.run_until_complete(run)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller of result()
+            self._error = exc
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.supervisor.stop, "stopped on request")
+
+    def result(self, timeout: float | None = None) -> dict:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"the run did not end within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def run_on_ray(spec: PipelineSpec, log_url: str, trigger: str = "manual") -> dict:
@@ -174,7 +291,8 @@ def start_on_ray(spec: PipelineSpec, log_url: str, force: bool = False):
     return start_supervisor(spec, log_url)
 
 
-def run_supervised(supervisor, trigger: str = "manual", reset: bool = False, force: bool = False) -> dict:
+def run_supervised(supervisor, trigger: str = "manual", reset: bool = False, force: bool = False,
+                   until_idle: float | None = None) -> dict:
     """Run through ``supervisor``; when it dies, Ray restarts it (its ``__init__``
     replays the log) and the run is asked for again, resuming from the watermark.
     An error the run raised is raised here as itself, not wrapped in Ray's."""
@@ -182,7 +300,7 @@ def run_supervised(supervisor, trigger: str = "manual", reset: bool = False, for
     from ray.exceptions import RayActorError, RayTaskError
 
     for attempt in range(SUPERVISOR_RETRIES + 1):
-        run = supervisor.run.remote(trigger, None, reset and attempt == 0, force and attempt == 0)
+        run = supervisor.run.remote(trigger, None, reset and attempt == 0, force and attempt == 0, until_idle)
         try:
             return ray.get(run)
         except RayActorError:
@@ -226,11 +344,18 @@ def stop_supervisor(supervisor) -> None:
 
 
 def pipeline_status(name: str, log_url: str, spec: PipelineSpec | None = None) -> dict:
-    """What the log says of a pipeline: watermark, run count, the last run."""
+    """What the log says of a pipeline: watermark, run count, the last run, and for a
+    stream its last checkpoint (watermark, open windows, events/s, lag per partition)."""
+    from .projections import streams as streams_projection
+
     recorded = EventLog(log_url).read(pipeline_stream(name))
     runs = runs_projection.project(recorded)
     marks = watermarks_projection.project(recorded)
     view = spec.source.view_watermark if spec else None
     last = runs.last(name)
-    return {"pipeline": name, "watermark": view(marks) if view else marks, "runs": len(runs.of(name)),
-            "lastRun": runs_projection.summary(last, view) if last else None}
+    status = {"pipeline": name, "watermark": view(marks) if view else marks, "runs": len(runs.of(name)),
+              "lastRun": runs_projection.summary(last, view) if last else None}
+    checkpoint = streams_projection.project(recorded)
+    if checkpoint is not None:
+        status["stream"] = streams_projection.view(checkpoint)
+    return status

@@ -19,6 +19,8 @@ class Progress:
     records_out: int = 0
     batches: int = 0
     status: str = "idle"
+    rate: float | None = None        # streams: events/s over the last checkpoint interval
+    lag: int | None = None           # streams: messages behind the end of the topic(s)
 
     @property
     def percent(self) -> float | None:
@@ -46,6 +48,10 @@ def evolve(state: Progress, event: ev.Event | ev.RecordedEvent) -> Progress:
     if isinstance(event, ev.BatchExtracted):
         return replace(state, bytes_in=state.bytes_in + event.bytes, updated_at=event.at,
                        records_in=state.records_in + event.rows + event.rejected)
+    if isinstance(event, ev.CheckpointCommitted):
+        return replace(state, phase="stream", bytes_in=state.bytes_in + event.bytes, updated_at=event.at,
+                       records_in=state.records_in + event.extracted, records_out=state.records_out + event.loaded,
+                       batches=state.batches + 1, rate=event.rate, lag=sum(event.lag.values()))
     if isinstance(event, ev.BatchLoaded):
         return replace(state, records_out=state.records_out + event.rows, batches=state.batches + 1,
                        updated_at=event.at)
