@@ -125,3 +125,34 @@ def slow_identity(table: pa.Table) -> pa.Table:
 
     time.sleep(0.3)
     return table
+
+
+FAILURES: dict[str, int] = {}
+
+
+class FlakyWriter(MemoryWriter):
+    def __init__(self, store: dict, sink: "FlakySink"):
+        super().__init__(store)
+        self.sink = sink
+
+    def write(self, table: pa.Table, batch_id: str) -> LoadResult:
+        from etl_actors.errors import TransientError
+
+        key = f"{self.sink.name}:{batch_id}"
+        FAILURES[key] = FAILURES.get(key, 0) + 1
+        if FAILURES[key] <= self.sink.failures:
+            raise TransientError(f"database went away (attempt {FAILURES[key]})", retry_after=self.sink.retry_after)
+        return super().write(table, batch_id)
+
+
+@dataclass(frozen=True)
+class FlakySink(MemorySink):
+    """A MemorySink whose every batch fails ``failures`` times with a TransientError
+    (as a database that went away does) before it is written."""
+
+    type: ClassVar[str] = "flaky-memory"
+    failures: int = 2
+    retry_after: float | None = None
+
+    def open(self, pipeline: str) -> SinkWriter:
+        return FlakyWriter(SINKS.setdefault(self.name, {"rows": [], "ledger": {}}), self)

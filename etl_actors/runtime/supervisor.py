@@ -20,7 +20,7 @@ from typing import Any, Mapping, Protocol
 
 from .. import events as ev
 from ..batch import DeadLetter, jsonable
-from ..errors import ConcurrencyError, EtlError, LeaseLost, TerminalError
+from ..errors import ConcurrencyError, EtlError, LeaseLost, TerminalError, first_line
 from ..eventlog import EventLog
 from ..leases import Heartbeat, Leases, Owner, process_gone
 from ..projections import runs as runs_projection
@@ -28,6 +28,7 @@ from ..projections import streams as streams_projection
 from ..projections import watermarks as watermarks_projection
 from ..spec import PipelineSpec
 from ..batch import is_done as _is_done
+from .retry import delay, is_transient
 from .stages import split_chain
 
 
@@ -412,14 +413,19 @@ class _Run:
         return self.children.call("extractor", index, "open", partition, position)
 
     async def _next(self, index: int, partition: str, position: Any):
-        """The next batch; a lost extractor is restarted at the last extracted position."""
+        """The next batch; a lost extractor is restarted, and a transient error retried
+        after a backoff, at the last extracted position."""
+        attempt = 0
         while True:
             generation = self.children.generation("extractor", index)
             try:
                 return await self.children.call("extractor", index, "next_batch", self.run_id, returns=2)
             except ChildLost as lost:
                 await self._restarted("extractor", index, lost, generation)
-                await self._call("extractor", index, lambda: self._open(index, partition, position))
+            except EtlError as exc:
+                attempt += 1
+                await self._backoff(f"extractor#{index}", exc, attempt)
+            await self._call("extractor", index, lambda: self._open(index, partition, position))
 
     def _on_done(self, task: asyncio.Task) -> None:
         self.slots.release()
@@ -505,13 +511,30 @@ class _Run:
     # --- failures -----------------------------------------------------------------------
 
     async def _call(self, kind: str, index: int, call):
-        """Make a child call; when the child is lost, restart it and call again."""
+        """Make a child call; when the child is lost, restart it and call again; when
+        the call fails with a transient error, call again after a backoff (every call
+        is safe to repeat: loads by the sink's ledger, the rest have no effects)."""
+        attempt = 0
         while True:
             generation = self.children.generation(kind, index)
             try:
                 return await call()
             except ChildLost as lost:
                 await self._restarted(kind, index, lost, generation)
+            except EtlError as exc:
+                attempt += 1
+                await self._backoff(f"{kind}#{index}", exc, attempt)
+
+    async def _backoff(self, stage: str, exc: EtlError, attempt: int) -> None:
+        """Wait before trying a transient failure again (``RetryScheduled``); raise it
+        when it is not transient or ``maxRetries`` attempts have failed."""
+        limit = self.spec.runtime.max_retries
+        if not is_transient(exc) or attempt > limit:
+            raise exc
+        wait = delay(attempt, getattr(exc, "retry_after", None))
+        self.sup.append(ev.RetryScheduled(run_id=self.run_id, stage=stage, error=first_line(exc), attempt=attempt,
+                                          limit=limit, delay=round(wait, 3)))
+        await asyncio.sleep(wait)
 
     async def _restarted(self, kind: str, index: int, lost: ChildLost, generation: int) -> None:
         """Replace a lost child once, however many calls in flight saw it die."""

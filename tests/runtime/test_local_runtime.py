@@ -10,7 +10,7 @@ from etl_actors.eventlog import EventLog
 from etl_actors.runtime.local import LocalChildren
 from etl_actors.runtime.supervisor import PartitionCommits, PipelineSupervisor
 from etl_actors.spec import PipelineSpec, RuntimeOptions
-from plugins import FlakyListSource, ListSource, MemorySink
+from plugins import FlakyListSource, FlakySink, ListSource, MemorySink
 
 ROWS_A = tuple({"id": i, "v": f"a{i}"} for i in range(7))
 ROWS_B = tuple({"id": 100 + i, "v": f"b{i}"} for i in range(4))
@@ -169,3 +169,40 @@ def test_with_continue_an_unreadable_partition_is_a_dead_letter_and_the_run_succ
     again = run(spec, log_url)                    # retried on the next run (never silently dropped)
     assert again["partitionsFailed"] == ["a"] and again["watermark"]["a"] == {"rows": 4, "done": False}
     assert [d["runId"] for d in EventLog(log_url).dead_letters(spec.name)] == [result["runId"], again["runId"]]
+
+
+def flaky_sink_spec(failures: int, retries: int, retry_after=None) -> PipelineSpec:
+    name = f"p-{uuid.uuid4().hex[:6]}"
+    return PipelineSpec(name=name, source=ListSource(parts=(("a", ROWS_A),)), transformations=(),
+                        destination=FlakySink(name=name, failures=failures, retry_after=retry_after),
+                        runtime=RuntimeOptions(parallelism=1, max_in_flight=1, extractors=1, max_retries=retries),
+                        digest="d1")
+
+
+def test_a_transient_sink_error_is_retried_with_backoff_until_it_passes(log_url):
+    spec = flaky_sink_spec(failures=2, retries=3, retry_after=0.05)
+    result = run(spec, log_url)
+    assert result["status"] == "success" and result["recordsLoaded"] == len(ROWS_A)
+    assert sorted(r["id"] for r in spec.destination.rows) == [r["id"] for r in ROWS_A]
+    retries = [r.event for r in EventLog(log_url).read(spec.stream) if r.type == "RetryScheduled"]
+    assert len(retries) == 4 * 2 and {r.attempt for r in retries} == {1, 2}      # four batches, two failures each
+    assert all(r.delay >= 0.05 and "database went away" in r.error for r in retries)
+
+
+def test_a_transient_error_that_outlasts_its_retries_fails_the_run_naming_it(log_url):
+    spec = flaky_sink_spec(failures=5, retries=2)
+    result = run(spec, log_url)
+    assert result["status"] == "failed" and "database went away (attempt 3)" in result["error"]
+    assert result["watermark"] == {} and spec.destination.rows == []
+
+
+def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after():
+    import random
+
+    from etl_actors.runtime.retry import CAP_S, delay
+
+    rng = random.Random(7)
+    waits = [delay(attempt, rng=rng) for attempt in range(1, 12)]
+    assert all(0.25 <= w <= 0.5 for w in waits[:1]) and all(w <= CAP_S for w in waits)
+    assert waits[5] > waits[0] * 4                       # grows
+    assert delay(1, retry_after=7.5) >= 7.5              # the server's Retry-After wins
