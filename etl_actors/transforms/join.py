@@ -7,11 +7,14 @@
       on: {country: code}                            # left field: right field; or [shared, names]
       how: left                                      # or inner
       select: [region]                               # right fields to add (default: all non-key)
+      refreshSeconds: 300                            # read the lookup again when it is older (streams)
 
 The lookup table is read once per worker (in :meth:`JoinStep.open`, or at the first
 batch) and kept in memory; it is never pickled with the step. Rows keep their input
 order (several matches of one row: in lookup order), so a replay gives the same
-table. Semantics are SQL's: a null key matches nothing; a key found several times on
+table. With ``refreshSeconds`` the lookup is read again at the first batch after it
+got that old (a long-running stream sees changes to its lookup table); a refresh that
+fails keeps the table it had and tries again at the next batch. Semantics are SQL's: a null key matches nothing; a key found several times on
 the right multiplies the left row (one output row per match); ``how: left`` keeps
 unmatched rows with nulls, ``inner`` drops them (they count as filtered). A right
 column whose name is already taken on the left gets the suffix ``_right``.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -87,6 +91,7 @@ class JoinStep(Transform):
     how: str = "left"
     select: tuple[str, ...] | None = None
     required: bool = True
+    refresh_seconds: float | None = None
 
     type: ClassVar[str] = "join"
 
@@ -99,16 +104,25 @@ class JoinStep(Transform):
         left_keys, right_keys = _keys(section.get("on"), section.at("on"))
         how = section.get("how", "left", types=str, choices=("left", "inner"))
         select = section.str_list("select", None)
+        refresh = section.get("refresh_seconds", None, types=(int, float),
+                              check=lambda v: None if v > 0 else f"expected a positive number of seconds, got {v}")
         section.done()
-        return cls(lookup=lookup, left_keys=left_keys, right_keys=right_keys, how=how, select=select, **common)
+        return cls(lookup=lookup, left_keys=left_keys, right_keys=right_keys, how=how, select=select,
+                   refresh_seconds=refresh, **common)
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_right"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_right", "_read_at")}
 
     def open(self) -> None:
         """Read the lookup table into memory, afresh for every run (a warm worker must
         not join against last run's lookup)."""
-        object.__setattr__(self, "_right", self._checked(self.lookup.read()))
+        self._load()
+
+    def _load(self) -> pa.Table:
+        right = self._checked(self.lookup.read())
+        object.__setattr__(self, "_right", right)
+        object.__setattr__(self, "_read_at", time.monotonic())
+        return right
 
     def apply(self, table: pa.Table) -> StepResult:
         missing = [k for k in self.left_keys if k not in table.column_names]
@@ -128,8 +142,13 @@ class JoinStep(Transform):
     def _lookup_table(self) -> pa.Table:
         right = self.__dict__.get("_right")
         if right is None:
-            right = self._checked(self.lookup.read())
-            object.__setattr__(self, "_right", right)
+            return self._load()
+        age = time.monotonic() - self.__dict__.get("_read_at", 0.0)
+        if self.refresh_seconds is not None and age >= self.refresh_seconds:
+            try:
+                return self._load()
+            except Exception:  # noqa: BLE001 - keep joining against the table we have; retried next batch
+                return right
         return right
 
     def _checked(self, right: pa.Table) -> pa.Table:

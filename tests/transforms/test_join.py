@@ -70,3 +70,26 @@ def test_missing_lookup_column_is_a_terminal_error_naming_it(regions):
 def test_bad_on_is_a_spec_error_at_its_path():
     with pytest.raises(SpecError, match=r"^pipeline\.transformations\[2\]\.on: expected a mapping of left field"):
         join_step({"with": {"type": "file", "path": "regions.csv"}, "on": 5})
+
+
+def test_with_refresh_seconds_a_changed_lookup_is_read_again_once_it_is_that_old(tmp_path):
+    import time
+
+    from etl_actors.spec import Section, SpecContext
+    from etl_actors.transforms.join import JoinStep
+
+    lookup = tmp_path / "regions.csv"
+    lookup.write_text("code,region\nDE,EU\n")
+    section = Section({"id": "j", "type": "join", "with": {"type": "file", "path": str(lookup)},
+                       "on": {"country": "code"}, "refreshSeconds": 0.2}, "stream.processors[0]")
+    step = JoinStep.from_spec(section, SpecContext())
+    step.open()
+    rows = pa.table({"country": ["DE"]})
+    assert step.apply(rows).table.column("region").to_pylist() == ["EU"]
+    lookup.write_text("code,region\nDE,Europe\n")
+    assert step.apply(rows).table.column("region").to_pylist() == ["EU"]          # not yet that old
+    time.sleep(0.25)
+    assert step.apply(rows).table.column("region").to_pylist() == ["Europe"]
+    lookup.unlink()                                                                # a failed refresh keeps the table
+    time.sleep(0.25)
+    assert step.apply(rows).table.column("region").to_pylist() == ["Europe"]
