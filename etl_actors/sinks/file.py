@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -50,9 +51,16 @@ _EXTENSIONS = {"parquet": ".parquet", "csv": ".csv", "ndjson": ".ndjson"}
 SCHEMA_FILE = "_common_metadata"
 
 
-def file_name(batch_id: str, format: str) -> str:
-    """The file a batch is written to: the same id, the same name."""
-    return f"part-{hashlib.sha1(batch_id.encode()).hexdigest()[:20]}{_EXTENSIONS[format]}"
+def file_name(batch_id: str, format: str, table: pa.Table | None = None) -> str:
+    """The file a batch is written to: the same id, the same name. A stream's window
+    results are rolled per window range: ``windows-<first start>-<last end>-<id hash>``
+    (epoch ms), so the files list in event-time order."""
+    digest = hashlib.sha1(batch_id.encode()).hexdigest()[:20]
+    if table is not None and table.num_rows and {"windowStart", "windowEnd"} <= set(table.column_names):
+        start, end = pc.min(table["windowStart"]).as_py(), pc.max(table["windowEnd"]).as_py()
+        if isinstance(start, int) and isinstance(end, int):
+            return f"windows-{start}-{end}-{digest[:12]}{_EXTENSIONS[format]}"
+    return f"part-{digest}{_EXTENSIONS[format]}"
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ class FileWriter(SinkWriter):
         table = conform(table, self._schema_for(table.schema, batch_id), batch_id, self._where)
         if table.num_columns == 0:
             return LoadResult(loaded=0)  # only columns without values, and a dataset without columns
-        final = f"{self.root}/{file_name(batch_id, self.sink.format)}"
+        final = f"{self.root}/{file_name(batch_id, self.sink.format, table)}"
         temp = f"{self.root}/.part-{uuid.uuid4().hex}.tmp"
         try:
             with self.fs.open_output_stream(temp) as stream:

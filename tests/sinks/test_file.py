@@ -164,3 +164,14 @@ def test_ndjson_is_strict_json_with_non_finite_floats_as_null(tmp_path):
     rows = [json.loads(line, parse_constant=refuse) for line in written.read_text().splitlines()]
     assert rows == [{"id": 1, "x": None, "xs": [None]}, {"id": 2, "x": None, "xs": [1.0]},
                     {"id": 3, "x": None, "xs": None}, {"id": 4, "x": 1.5, "xs": []}]
+
+
+def test_window_results_are_rolled_into_files_named_by_their_window_range(tmp_path):
+    sink = FileSink(path=str(tmp_path / "w"))
+    writer = sink.open("p")
+    minute = pa.table({"windowStart": [60_000, 120_000], "windowEnd": [120_000, 180_000], "n": [3, 4]})
+    writer.write(minute, "window0:abc")
+    writer.write(minute, "window0:abc")                       # a replayed emission replaces its file
+    names = sorted(p.name for p in (tmp_path / "w").iterdir() if not p.name.startswith(("_", ".")))
+    assert len(names) == 1 and names[0].startswith("windows-60000-180000-") and names[0].endswith(".parquet")
+    assert pq.read_table(tmp_path / "w" / names[0]).to_pylist() == minute.to_pylist()
