@@ -95,12 +95,19 @@ def _cmd_validate(args) -> int:
             _print_json({"valid": False, "errors": [{"path": e.path, "message": e.reason}
                                                     for e in getattr(exc, "errors", [exc])]})
         raise
+    from .runtime.graph import plan
+
+    stages = plan(spec)
     if args.json:
-        _print_json({"valid": True, "pipeline": spec.name, "digest": spec.digest})
+        _print_json({"valid": True, "pipeline": spec.name, "digest": spec.digest, "kind": spec.kind, "plan": stages})
     else:
         steps = ", ".join(s.id for s in spec.transformations) or "none"
-        print(f"{args.spec}: valid pipeline {spec.name!r} "
-              f"({spec.source.type} -> [{steps}] -> {spec.destination.type})")
+        sinks = ", ".join(s.type for s in spec.sinks)
+        window = f" -> window {spec.window.id}" if spec.window is not None else ""
+        print(f"{args.spec}: valid {spec.kind} pipeline {spec.name!r} "
+              f"({spec.source.type} -> [{steps}]{window} -> {sinks})")
+        for stage in stages:
+            print(f"  {stage['kind']:<12} x{stage['actors']}: {', '.join(stage['runs']) or '-'}")
     return EXIT_OK
 
 

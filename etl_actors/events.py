@@ -134,12 +134,14 @@ class UnknownEvent(Event):
 @dataclass(frozen=True)
 class PipelineDefined(Event):
     """A spec (by digest) was registered for the pipeline; no secrets (URLs redacted)."""
-    texts: ClassVar[tuple[str, ...]] = ("source", "destination", "steps")
+    texts: ClassVar[tuple[str, ...]] = ("source", "destination", "steps", "sinks")
     pipeline: str
     digest: str
     source: dict
     destination: dict
     steps: list
+    plan: list = field(default_factory=list)      # the stages a run starts (runtime.graph.plan)
+    sinks: list = field(default_factory=list)     # every destination
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def test_validate_exits_2_with_the_path_and_no_traceback(tmp_path, orders_spec):
 
 def test_validate_accepts_a_good_spec(orders_spec):
     out = cli("validate", str(orders_spec))
-    assert out.returncode == 0 and "valid pipeline 'cli-orders'" in out.stdout
+    assert out.returncode == 0 and "valid batch pipeline 'cli-orders'" in out.stdout
 
 
 def test_an_unknown_command_is_a_usage_error():

@@ -67,3 +67,22 @@ def child_name(pipeline: str, kind: str, index: int) -> str:
     ``etl:<pipeline>:loader``)."""
     suffix = kind if kind == "loader" and index == 0 else f"{kind}:{index}"
     return f"etl:{pipeline}:{suffix}"
+
+
+def plan(spec) -> list[dict]:
+    """The stages a run of ``spec`` starts, in data order, as ``validate`` shows them and
+    ``PipelineDefined`` records them: ``[{"kind", "actors", "runs": [...]}]`` (the
+    extractor of a stream runs the processors before its window, chained)."""
+    if spec.is_stream:
+        stages = [{"kind": "extractor", "actors": getattr(spec.source, "parallelism", 1),
+                   "runs": [f"read {spec.source.type}", *[s.id for s in spec.transformations],
+                            *([f"pre-aggregate {spec.window.id}"] if spec.window is not None else [])]}]
+        if spec.window is not None:
+            stages.append({"kind": "window", "actors": spec.window.parallelism,
+                           "runs": [f"{spec.window.id} ({spec.window.kind})", *[s.id for s in spec.after]]})
+    else:
+        runtime = spec.runtime
+        stages = [{"kind": "extractor", "actors": runtime.extractors or "cpus", "runs": [f"read {spec.source.type}"]},
+                  {"kind": "transformer", "actors": runtime.parallelism or "cpus",
+                   "runs": [s.id for s in spec.transformations]}]
+    return stages + [{"kind": "loader", "actors": 1, "runs": [f"write {sink.type}"]} for sink in spec.sinks]

@@ -28,6 +28,7 @@ from ..projections import streams as streams_projection
 from ..projections import watermarks as watermarks_projection
 from ..spec import PipelineSpec
 from ..batch import is_done as _is_done
+from .graph import plan
 from .retry import delay, is_transient
 from .stages import split_chain
 
@@ -184,7 +185,8 @@ class PipelineSupervisor:
             opening.append(ev.PipelineDefined(
                 pipeline=name, digest=self.spec.digest, source=self.spec.source.describe(),
                 destination=self.spec.destination.describe(),
-                steps=[{"id": s.id, "type": s.type} for s in self.spec.transformations]))
+                steps=[{"id": s.id, "type": s.type} for s in self.spec.transformations], plan=plan(self.spec),
+                sinks=[s.describe() for s in self.spec.sinks]))
             self.digest = self.spec.digest
         return opening
 
