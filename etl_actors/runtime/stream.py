@@ -128,12 +128,18 @@ class StreamRun:
 
     # --- reading --------------------------------------------------------------------
 
+    def _poll(self, index: int) -> asyncio.Task:
+        return asyncio.ensure_future(self.children.call("extractor", index, "poll", self.run_id, self.floor,
+                                                        returns=1 + (self.shards or 1)))
+
     async def _read(self, index: int) -> None:
-        returns = 1 + (self.shards or 1)
+        """Hand on the extractor's batches in order, with the next poll already under
+        way while one is handed on (the extractor never waits for the supervisor)."""
+        ahead = self._poll(index)
         try:
             while not self.stopping and self.failure is None:
-                polled = await self.children.call("extractor", index, "poll", self.run_id, self.floor,
-                                                  returns=returns)
+                polled = await ahead
+                ahead = self._poll(index) if not self.stopping else None
                 report, tables = polled[0], polled[1:]
                 if not report["count"]:
                     continue
@@ -148,6 +154,11 @@ class StreamRun:
                 self.failure = exc
             if isinstance(exc, asyncio.CancelledError):
                 raise
+        finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+            if ahead is not None:
+                await asyncio.gather(ahead, return_exceptions=True)
 
     async def _enter(self) -> None:
         async with self.cut:
@@ -251,13 +262,16 @@ class StreamRun:
         self.checkpoint, self.restarts = event, 0
         self._reset_pending()
         self.last_commit = time.monotonic()
-        await self._commit_group(positions)
+        self._commit_group(positions)
 
-    async def _commit_group(self, positions: dict) -> None:
-        """Mirror the positions into the consumer group (best effort), so standard lag
-        tools see the group."""
-        await asyncio.gather(*(self.children.call("extractor", i, "commit_group", positions)
-                               for i in range(len(self.assignment))), return_exceptions=True)
+    def _commit_group(self, positions: dict) -> None:
+        """Mirror the positions into the consumer group (best effort, not waited for),
+        so standard lag tools see the group."""
+        async def mirror() -> None:
+            await asyncio.gather(*(self.children.call("extractor", i, "commit_group", positions)
+                                   for i in range(len(self.assignment))), return_exceptions=True)
+
+        self.mirroring = asyncio.ensure_future(mirror())
 
     def _watermark(self) -> int | None:
         """The least watermark over the partitions not idle; None before any event."""

