@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import uuid
 from collections import deque
 from typing import Any, Mapping, Protocol
@@ -95,6 +96,7 @@ class PipelineSupervisor:
         self.identity = identity or {}     # on Ray: {"actor": id, "cluster": session} of this supervisor
         self.children = children_factory(spec, log_url)   # kept warm between runs
         self._stopping, self._stop_reason = False, "stopped on request"
+        self.log_cost = [0, 0.0]            # events appended and seconds spent appending, this run
         self._current: str | None = None
         self.lease, self._heartbeat, self._lease_lost = None, None, None
         self.recover()
@@ -121,8 +123,11 @@ class PipelineSupervisor:
         listener that fails is reported, and changes neither the log nor the folds)."""
         events = tuple(ev.redacted(e) for e in events)
         fence = (self.spec.name, self.lease.epoch) if self.lease is not None else None
+        started = time.perf_counter()
         self.version = self.log.append(self.spec.stream, list(events), expected_version=self.version, fence=fence,
                                        snapshot=snapshot)
+        self.log_cost[0] += len(events)
+        self.log_cost[1] += time.perf_counter() - started
         for event in events:
             self.watermarks = watermarks_projection.evolve(self.watermarks, event)
             self.runs = runs_projection.evolve(self.runs, event)
@@ -222,6 +227,7 @@ class PipelineSupervisor:
         Raises :class:`~etl_actors.errors.LeaseHeld` (and runs nothing) while another
         run of the pipeline holds a live lease, unless ``force``."""
         run_id = run_id or uuid.uuid4().hex[:12]
+        self.log_cost = [0, 0.0]
         self._take_lease(run_id, force)
         try:
             self._stopping = False
@@ -243,7 +249,9 @@ class PipelineSupervisor:
             self.recover()      # taken over: the new holder recorded how this run ended
         if run_id not in self.runs.by_id:
             raise self._lease_lost or LeaseLost(self.spec.name, self.epoch)
-        return self.summary(run_id)
+        summary = self.summary(run_id)
+        summary["eventLog"] = {"events": self.log_cost[0], "appendMs": round(self.log_cost[1] * 1000, 1)}
+        return summary
 
     def summary(self, run_id: str) -> dict:
         return runs_projection.summary(self.runs.by_id[run_id], self.spec.source.view_watermark)
