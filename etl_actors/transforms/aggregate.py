@@ -22,24 +22,17 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..batch import StepResult
 from ..errors import SpecError, TerminalError
 from ..spec import describe
+from ..windows.aggregators import AGGREGATORS, UNION, Aggregator, State, union_lists
 from .base import Transform, common_step_fields
 
 FUNCS = ("sum", "avg", "min", "max", "count", "count_distinct")
 ALL_ROWS = "*"
 _NO_KEY = "__etl_group"
-
-# the partial state each function needs: (state, Arrow function per batch, Arrow function to
-# merge); distinct values (lists) are merged apart, see _count_distinct
 _ROW = "__etl_row"
-_EMPTY_TYPES = {"count": pa.int64(), "distinct": pa.list_(pa.null())}
-_STATES = {"sum": [("sum", "sum", "sum")], "avg": [("sum", "sum", "sum"), ("count", "count", "sum")],
-           "min": [("min", "min", "min")], "max": [("max", "max", "max")],
-           "count": [("count", "count", "sum")], "count_distinct": [("distinct", "distinct", None)]}
 
 
 @dataclass(frozen=True)
@@ -69,15 +62,16 @@ class AggregateStep(Transform):
         return StepResult(self.combine([self.partial(table)]))
 
     def partial(self, table: pa.Table) -> pa.Table:
-        """Per group of this batch, the mergeable state: sums, counts, min, max, and the
-        distinct values as lists. Columns: the groupBy fields, then ``state:field``."""
+        """Per group of this batch, the mergeable state (see ``windows.aggregators``):
+        sums, counts, min, max, and the distinct values as lists. Columns: the groupBy
+        fields, then one per state (``sum(amount)``, ``count(*)``, ...)."""
         self._check_columns(table)
         states = self._states()
         keyed, keys = self._keyed(table)
-        grouped = keyed.group_by(keys, use_threads=False).aggregate(
-            [([] if f == ALL_ROWS else f, "count_all" if f == ALL_ROWS else fn) for _, f, fn, _ in states])
+        steps = list(dict.fromkeys(_add_step(s) for s in states))
+        grouped = keyed.group_by(keys, use_threads=False).aggregate([([] if f is None else f, fn) for f, fn in steps])
         columns = {k: grouped[k] for k in keys}
-        columns.update({name: grouped[_arrow_name(f, fn)] for name, f, fn, _ in states})
+        columns.update({s.column: grouped[_arrow_name(*_add_step(s))] for s in states})
         return pa.table(columns)
 
     def combine(self, partials: Sequence[pa.Table]) -> pa.Table:
@@ -88,19 +82,19 @@ class AggregateStep(Transform):
             table = self._empty_state(states, table)
         table = table.append_column(_ROW, pa.array(np.arange(table.num_rows)))
         merged = table.group_by(list(self.group_by) or [_NO_KEY], use_threads=False).aggregate(
-            [(name, merge) for name, _, _, merge in states if merge] + [(_ROW, "list")])
+            [(s.column, s.merge) for s in states if s.merge != UNION] + [(_ROW, "list")])
+        merged_states = pa.table({s.column: _merged(s, merged, table) for s in states})
         out = {k: merged[k] for k in self.group_by}
-        for field, func in self.aggregations:
-            out[_output_name(field, func)] = _finish(func, field, merged, table)
+        out.update((a.name, a.result(merged_states)) for a in self._aggregators())
         return pa.table(out)
 
-    def _states(self) -> list[tuple[str, str, str, str]]:
-        """``(state column, input field, Arrow function, Arrow merge function)``, unique."""
-        seen: dict[str, tuple[str, str, str, str]] = {}
-        for field, func in self.aggregations:
-            for state, fn, merge in _STATES[func]:
-                seen.setdefault(f"{state}:{field}", (f"{state}:{field}", field, fn, merge))
-        return list(seen.values())
+    def _aggregators(self) -> list[Aggregator]:
+        return [AGGREGATORS[func](_output_name(field, func), None if field == ALL_ROWS else field)
+                for field, func in self.aggregations]
+
+    def _states(self) -> list[State]:
+        """Every state column the aggregations need, each once."""
+        return list(dict.fromkeys(s for a in self._aggregators() for s in a.states))
 
     def _keyed(self, table: pa.Table) -> tuple[pa.Table, list[str]]:
         if self.group_by:
@@ -114,14 +108,14 @@ class AggregateStep(Transform):
             raise TerminalError(f"step {self.id!r}: column(s) {', '.join(map(repr, missing))} not found "
                                 f"(columns: {', '.join(table.column_names)})", step=self.id)
 
-    def _empty_state(self, states, table: pa.Table | None) -> pa.Table:
+    def _empty_state(self, states: list[State], table: pa.Table | None) -> pa.Table:
         """The one state row of a global aggregation over no rows: counts 0, the rest null."""
         columns = {_NO_KEY: pa.array([0], pa.int8())} if not self.group_by else {k: pa.array([], pa.null())
                                                                                  for k in self.group_by}
         rows = 1 if not self.group_by else 0
-        for name, *_ in states:
-            kind = table.schema.field(name).type if table is not None else _EMPTY_TYPES.get(name.split(":")[0], pa.null())
-            columns[name] = pa.array([0 if name.startswith("count:") else None] * rows, kind)
+        for state in states:
+            kind = table.schema.field(state.column).type if table is not None else state.type(pa.null())
+            columns[state.column] = pa.array([0 if state.kind == "count" else None] * rows, kind)
         return pa.table(columns)
 
 
@@ -137,36 +131,20 @@ def _pairs(field: str, funcs, path: str) -> list[tuple[str, str]]:
     return [(field, name) for name in names]
 
 
-def _arrow_name(field: str, fn: str) -> str:
-    return "count_all" if field == ALL_ROWS else f"{field}_{fn}"
+def _add_step(state: State) -> tuple[str | None, str]:
+    return state.field, state.add
+
+
+def _arrow_name(field: str | None, fn: str) -> str:
+    return fn if field is None else f"{field}_{fn}"
 
 
 def _output_name(field: str, func: str) -> str:
     return "count" if field == ALL_ROWS else f"{func}_{field}"
 
 
-def _finish(func: str, field: str, merged: pa.Table, states: pa.Table) -> pa.Array:
-    """The final value of ``func`` over ``field`` from the merged state columns."""
-    if func == "count_distinct":
-        return _count_distinct(states[f"distinct:{field}"].combine_chunks(), merged[f"{_ROW}_list"].combine_chunks())
-    if func == "avg":
-        total = pc.cast(merged[f"sum:{field}_sum"], pa.float64())
-        count = merged[f"count:{field}_sum"]
-        return pc.if_else(pc.equal(count, 0), pa.scalar(None, pa.float64()), pc.divide(total, pc.cast(count, pa.float64())))
-    state = {"sum": "sum", "count": "count", "min": "min", "max": "max"}[func]
-    merge = {"sum": "sum", "count": "sum", "min": "min", "max": "max"}[func]
-    return merged[f"{state}:{field}_{merge}"]
-
-
-def _count_distinct(lists: pa.Array, rows_of_group: pa.Array) -> pa.Array:
-    """Per group, the number of distinct values in the ``lists`` of its state rows.
-
-    ``rows_of_group`` lists, per merged group, the state rows that fell into it.
-    """
-    group_of_row = np.empty(len(lists), dtype=np.int64)
-    group_of_row[pc.list_flatten(rows_of_group).to_numpy()] = pc.list_parent_indices(rows_of_group).to_numpy()
-    group_of_value = pc.take(pa.array(group_of_row), pc.list_parent_indices(lists))
-    pairs = pa.table({"g": group_of_value, "v": pc.list_flatten(lists)})
-    counts = pairs.group_by("g", use_threads=False).aggregate([("v", "count_distinct")])
-    position = pc.index_in(pa.array(np.arange(len(rows_of_group))), value_set=counts["g"])
-    return pc.fill_null(pc.take(counts["v_count_distinct"], position), 0)
+def _merged(state: State, merged: pa.Table, table: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """``state`` merged per group (lists of distinct values through each group's rows)."""
+    if state.merge != UNION:
+        return merged[f"{state.column}_{state.merge}"]
+    return union_lists(table[state.column], merged[f"{_ROW}_list"])
