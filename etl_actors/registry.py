@@ -14,6 +14,7 @@ PLUGINS: dict[str, dict[str, str]] = {
         "file": "etl_actors.sources.file:FileSource",
         "s3": "etl_actors.sources.file:FileSource",
         "database": "etl_actors.sources.database:DatabaseSource",
+        "kafka": "etl_actors.sources.kafka:KafkaSource",
     },
     "transform": {
         "map": "etl_actors.transforms.map:MapStep",
@@ -27,6 +28,7 @@ PLUGINS: dict[str, dict[str, str]] = {
         "data-warehouse": "etl_actors.sinks.database:DatabaseSink",
         "file": "etl_actors.sinks.file:FileSink",
         "s3": "etl_actors.sinks.file:FileSink",
+        "kafka": "etl_actors.sinks.kafka:KafkaSink",
     },
 }
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Ray per session, a real PostgreSQL, unique names.
+"""Shared fixtures: one local Ray per session, a real PostgreSQL, a Kafka broker, unique names.
 
 PostgreSQL comes from ``ETL_TEST_PG_URL`` (``make test`` starts the server and sets
 it). A test that needs it and cannot reach it fails; it does not quietly pass.
@@ -30,8 +30,8 @@ def _free_port() -> int:
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that use PostgreSQL or Ray carry its marker, whether or not they say so
-    (so ``-m "not postgres"`` runs without a server)."""
+    """Tests that use PostgreSQL, Ray or Kafka carry its marker, whether or not they say
+    so (so ``-m "not postgres"`` runs without a server)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -39,6 +39,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.postgres)
         if "ray_local" in fixtures:
             item.add_marker(pytest.mark.ray)
+        if "kafka" in fixtures:
+            item.add_marker(pytest.mark.kafka)
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +54,17 @@ def ray_local():
     ctx.metrics_port = port
     yield ctx
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """A Kafka-protocol broker (Tansu, in memory) for the session: ``.bootstrap``,
+    ``create_topic``, ``produce``, ``consume_all``, ``end_offsets``; see tests/kafka_broker.py."""
+    from kafka_broker import Broker
+
+    broker = Broker.start()
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture
