@@ -140,7 +140,8 @@ class EventLog:
     # --- events ---------------------------------------------------------------------
 
     def append(self, stream: str, events: Sequence[Event], expected_version: int,
-               fence: tuple[str, int] | None = None, snapshot: tuple[str, int, Sequence[bytes]] | None = None) -> int:
+               fence: tuple[str, int] | None = None, snapshot: tuple[str, int, Sequence[bytes]] | None = None,
+               letters: tuple[str, str, Sequence[tuple[str, int, str, DeadLetter]]] | None = None) -> int:
         """Append ``events`` to ``stream`` in one transaction; return the new version.
 
         ``expected_version`` is the version the caller last saw (0: a new stream).
@@ -149,7 +150,9 @@ class EventLog:
         lease is still at ``epoch`` (checked in the same transaction), else raises
         :class:`~etl_actors.errors.LeaseLost`. Appending no events only checks.
         ``snapshot=(pipeline, seq, parts)`` stores window state in the same transaction
-        and drops the pipeline's snapshots older than the previous one.
+        and drops the pipeline's snapshots older than the previous one;
+        ``letters=(pipeline, run_id, [(batch_id, idx, stage, letter)])`` stores dead
+        letters in it too (a stream's, with its checkpoint: written once it commits).
         """
         if expected_version < 0:
             raise ValueError(f"expected_version must be 0 or more, got {expected_version}")
@@ -167,6 +170,8 @@ class EventLog:
                     conn.execute(events_table.insert().values(recorded_at=_utcnow()), rows)
                 if snapshot is not None:
                     _put_snapshot(conn, *snapshot)
+                if letters is not None and letters[2]:
+                    _insert_letters(conn, *letters)
         except sa.exc.IntegrityError:
             raise ConcurrencyError(stream, expected_version, self.version(stream)) from None
         return expected_version + len(rows)
@@ -253,26 +258,12 @@ class EventLog:
         A letter is identified by ``(pipeline, batch_id, stage, its index in letters)``,
         so putting a retried batch's letters again writes nothing.
         """
-        return self.put_keyed_letters(pipeline, run_id, stage,
-                                      [(batch_id, idx, letter) for idx, letter in enumerate(letters)])
-
-    def put_keyed_letters(self, pipeline: str, run_id: str, stage: str,
-                          letters: Sequence[tuple[str, int, DeadLetter]]) -> int:
-        """Store letters each with its own ``(batch_id, idx)`` key (a stream keys one by
-        the topic, partition and offset of its event, so a replay writes nothing twice);
-        return how many rows were new."""
         if not letters:
             return 0
-        recorded_at = _utcnow()
-        rows = [{"pipeline": pipeline, "run_id": run_id, "batch_id": batch_id, "stage": stage,
-                 "idx": idx, "reason": redact_text(letter.reason), "record": json.dumps(jsonable(letter.record)),
-                 "recorded_at": recorded_at}
-                for batch_id, idx, letter in letters]
-        insert = (postgresql.insert if is_postgres(self._engine) else sqlite.insert)(dead_letters_table)
-        query = insert.on_conflict_do_nothing().returning(dead_letters_table.c.id)
+        keyed = [(batch_id, idx, stage, letter) for idx, letter in enumerate(letters)]
         try:
             with self._engine.begin() as conn:
-                return len(conn.execute(query, rows).all())
+                return _insert_letters(conn, pipeline, run_id, keyed)
         except sa.exc.DBAPIError as exc:
             raise log_error(self.url, exc) from None
 
@@ -386,6 +377,19 @@ def create_tables(engine: sa.Engine) -> None:
     doing it at once do not collide."""
     with _write_transaction(engine, CREATE_LOCK_KEY) as conn:
         metadata.create_all(conn, checkfirst=True)
+
+
+def _insert_letters(conn: sa.Connection, pipeline: str, run_id: str,
+                    letters: Sequence[tuple[str, int, str, DeadLetter]]) -> int:
+    """Insert dead letters keyed ``(batch_id, stage, idx)``; one already there is kept.
+    Returns how many were new."""
+    recorded_at = _utcnow()
+    rows = [{"pipeline": pipeline, "run_id": run_id, "batch_id": batch_id, "stage": stage, "idx": idx,
+             "reason": redact_text(letter.reason), "record": json.dumps(jsonable(letter.record)),
+             "recorded_at": recorded_at}
+            for batch_id, idx, stage, letter in letters]
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(dead_letters_table)
+    return len(conn.execute(insert.on_conflict_do_nothing().returning(dead_letters_table.c.id), rows).all())
 
 
 def _put_snapshot(conn: sa.Connection, pipeline: str, seq: int, parts: Sequence[bytes]) -> None:

@@ -53,7 +53,11 @@ def ensure_ray(**init_kwargs) -> None:
     init_kwargs.setdefault("namespace", "etl_actors")
     init_kwargs.setdefault("log_to_driver", False)
     init_kwargs.setdefault("configure_logging", False)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(**init_kwargs)
+    if callable(previous):   # ray.init installs its own SIGTERM handler: the application's stays
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
@@ -78,6 +82,7 @@ class Pipeline:
         self._supervisor = None     # kept between runs on Ray, with its warm children
         self._supervisor_log = None
         self._started = None        # a run started with start(): its Ray ref or local thread
+        self._started_log = None
 
     @classmethod
     def from_file(cls, path: str) -> "Pipeline":
@@ -132,6 +137,7 @@ class Pipeline:
         if self._started is not None:
             raise EtlError(f"pipeline {self.name!r} was already started by this object; stop() it first")
         log_url = self._log(log, runtime)
+        self._started_log = log_url
         if runtime == "local":
             self._started = _LocalRun(self.spec, log_url, reset, force, until_idle)
         else:
@@ -170,7 +176,7 @@ class Pipeline:
     def status(self, log: str | None = None) -> dict:
         """What the log says (watermark, runs, a stream's last checkpoint), and while a
         run this object started goes, the supervisor's live view under ``live``."""
-        status = pipeline_status(self.name, resolve_log_url(log or self._supervisor_log), self.spec)
+        status = pipeline_status(self.name, resolve_log_url(log or self._started_log), self.spec)
         if isinstance(self._started, _LocalRun):
             status["live"] = self._started.supervisor.status()
         elif self._started is not None:

@@ -187,6 +187,7 @@ class StreamRun:
     def _took(self, report: dict) -> None:
         """Record what a handed-on batch moved: its positions now go into the next cut."""
         pending = self.pending
+        pending["letters"].extend(report["letters"])
         pending["positions"].update(report["positions"])
         pending["max_seen"].update({p: t for p, t in report["maxSeen"].items() if t is not None})
         for key, name in (("count", "extracted"), ("transformed", "transformed"), ("filtered", "filtered"),
@@ -246,7 +247,7 @@ class StreamRun:
                 parts.append(report["snapshot"])
                 if report["emitted"] is not None:
                     self.floor = max(self.floor or report["emitted"], report["emitted"])
-        if not (final or pending["extracted"] or windows or pending["late"]):
+        if not (final or pending["extracted"] or windows or pending["late"] or pending["letters"]):
             return
         seconds = max(1e-6, time.monotonic() - self.last_commit)
         positions = dict(pending["positions"])
@@ -258,7 +259,8 @@ class StreamRun:
             rejected=pending["rejected"], loaded=pending["loaded"], late=pending["late"], windows=windows,
             bytes=pending["bytes"], lag=self._lag(positions), rate=pending["extracted"] / seconds,
             idle_s=self.idle_s if final else 0.0)
-        self.sup.append(event, snapshot=(self.spec.name, seq, parts) if self.window is not None else None)
+        self.sup.append(event, snapshot=(self.spec.name, seq, parts) if self.window is not None else None,
+                        letters=(self.spec.name, self.run_id, pending["letters"]))
         self.checkpoint, self.restarts = event, 0
         self._reset_pending()
         self.last_commit = time.monotonic()
@@ -301,7 +303,7 @@ class StreamRun:
     def _reset_pending(self) -> None:
         last = self.checkpoint
         self.pending = {"positions": dict(last.positions) if last else {},
-                        "max_seen": dict(last.max_seen) if last else {},
+                        "max_seen": dict(last.max_seen) if last else {}, "letters": [],
                         **{k: 0 for k in ("extracted", "transformed", "filtered", "rejected", "loaded", "late",
                                           "bytes")}}
 

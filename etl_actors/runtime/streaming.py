@@ -4,8 +4,9 @@ window operator that keeps window state and emits what the watermark passed.
 The processors before the window run inside the extractor, on each topic-partition's
 messages in offset order (chained, as Flink chains operators: nothing before a window
 needs a repartition, so a batch crosses the object store once, as compact partials).
-Every dead letter of a stream is keyed by its event's ``topic:partition@offset``, so a
-replay from a checkpoint writes none twice and counts only new ones.
+Every dead letter of a stream is keyed by its event's ``topic:partition@offset`` and
+handed to the supervisor with the batch's report; it is written with the checkpoint
+that covers its event, so a replay after a crash writes and counts each one once.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 
 from ..batch import DeadLetter, jsonable
-from .stages import Stage, Transformer, _log, content_id
+from .stages import Stage, Transformer, content_id
 
 OFFSET = "__etl_offset"
 
@@ -26,20 +27,20 @@ def _now_ms() -> int:
 
 class _Chain(Transformer):
     """The processors before the window, run on one partition's batch; their dead
-    letters are keyed by event offset."""
+    letters are kept, keyed by event offset, for the report."""
 
     def __init__(self, pipeline: str, steps: Sequence[Any], log_url: str, index: int = 0):
         super().__init__(pipeline, steps, log_url, index)
-        self.partition, self.fresh = "", 0
+        self.partition, self.letters = "", []
 
     def _put_rejects(self, stage: str, rejects: Sequence[DeadLetter], batch_id: str, run_id: str) -> None:
-        self.fresh += put_by_offset(self.log_url, self.pipeline, run_id, stage, self.partition, rejects)
+        self.letters += by_offset(stage, self.partition, rejects)
 
 
-def put_by_offset(log_url: str, pipeline: str, run_id: str, stage: str, partition: str,
-                  letters: Sequence[DeadLetter], offsets: Sequence[int] | None = None) -> int:
-    """Store ``letters`` keyed ``partition@offset`` (the offset from ``offsets`` or the
-    record's ``__etl_offset``); return how many were new."""
+def by_offset(stage: str, partition: str, letters: Sequence[DeadLetter],
+              offsets: Sequence[int] | None = None) -> list[tuple[str, int, str, DeadLetter]]:
+    """``letters`` keyed ``(partition@offset, idx, stage)``, the offset from ``offsets``
+    or the record's ``__etl_offset``, which the record then names as ``_offset``."""
     keyed = []
     for i, letter in enumerate(letters):
         record = dict(letter.record)
@@ -48,8 +49,9 @@ def put_by_offset(log_url: str, pipeline: str, run_id: str, stage: str, partitio
         record.setdefault("_topic", topic)
         record.setdefault("_partition", int(part) if part.isdigit() else part)
         record.setdefault("_offset", offset)
-        keyed.append((f"{partition}@{offset}", 0 if offset is not None else i, DeadLetter(letter.reason, record)))
-    return _log(log_url).put_keyed_letters(pipeline, run_id, stage, keyed) if keyed else 0
+        keyed.append((f"{partition}@{offset}", 0 if offset is not None else i, stage,
+                      DeadLetter(letter.reason, record)))
+    return keyed
 
 
 class StreamExtractor(Stage):
@@ -81,7 +83,7 @@ class StreamExtractor(Stage):
     def poll(self, run_id: str, floor_ms: int | None) -> tuple:
         polled = self.reader.poll()
         report = {"positions": {}, "maxSeen": {}, "count": 0, "bytes": 0, "rows": 0, "transformed": 0,
-                  "filtered": 0, "rejected": 0, "late": 0, "reason": "", "highwater": {}}
+                  "filtered": 0, "rejected": 0, "late": 0, "reason": "", "highwater": {}, "letters": []}
         outputs: list[list[pa.Table]] = [[] for _ in range(self.outputs)]
         for partition, batch in polled.items():
             self._partition(run_id, partition, batch, floor_ms, report, outputs)
@@ -94,18 +96,21 @@ class StreamExtractor(Stage):
         report["count"] += batch.count
         report["bytes"] += batch.bytes
         if batch.rejects:
-            offsets = [offset for offset, _ in batch.rejects]
             letters = [letter for _, letter in batch.rejects]
-            report["rejected"] += put_by_offset(self.log_url, self.pipeline, run_id, "extract", partition, letters,
-                                                offsets)
+            report["letters"] += by_offset("extract", partition, letters, [offset for offset, _ in batch.rejects])
+            report["rejected"] += len(letters)
             report["reason"] = report["reason"] or letters[0].reason
+        if batch.table.num_rows == 0:     # only poison messages: nothing for the processors
+            report["maxSeen"][partition] = self.clock.get(partition)
+            return
         table = batch.table.append_column(OFFSET, pa.array(batch.offsets, pa.int64()))
-        self.chain.partition, self.chain.fresh = partition, 0
+        self.chain.partition, self.chain.letters = partition, []
         table, tr = self.chain._run_steps(self.chain.before, table, partition, run_id)
         report["rows"] += tr["rows_in"]
         report["transformed"] += tr["rows_out"]
         report["filtered"] += tr["filtered"]
-        report["rejected"] += self.chain.fresh
+        report["rejected"] += len(self.chain.letters)
+        report["letters"] += self.chain.letters
         if tr["reasons"]:
             report["reason"] = report["reason"] or tr["reasons"][0]
         if self.window is None:
@@ -122,15 +127,15 @@ class StreamExtractor(Stage):
         report["maxSeen"][partition] = assigned.max_seen
         letters = [(int(i), "late") for i in assigned.late] + [(int(i), reason) for i, reason in assigned.bad]
         if letters:
-            report["late"] += self._late(run_id, partition, table, letters)
+            report["letters"] += self._late(partition, table, letters)
+            report["late"] += len(letters)
         for shard, partial in enumerate(assigned.partials):
             if partial.num_rows:
                 outputs[shard].append(partial)
 
-    def _late(self, run_id: str, partition: str, table: pa.Table, letters: list[tuple[int, str]]) -> int:
+    def _late(self, partition: str, table: pa.Table, letters: list[tuple[int, str]]) -> list:
         rows = table.take(pa.array([i for i, _ in letters], pa.int64())).to_pylist()
-        dead = [DeadLetter(reason, jsonable(row)) for (_, reason), row in zip(letters, rows)]
-        return put_by_offset(self.log_url, self.pipeline, run_id, "window", partition, dead)
+        return by_offset("window", partition, [DeadLetter(reason, jsonable(row)) for (_, reason), row in zip(letters, rows)])
 
     def commit_group(self, positions: Mapping[str, int]) -> None:
         if self.reader is not None:

@@ -117,7 +117,7 @@ class PipelineSupervisor:
         self.runs = runs_projection.project(recorded)
         self.checkpoint = streams_projection.project(recorded)
 
-    def append(self, *events: ev.Event, snapshot: tuple | None = None) -> None:
+    def append(self, *events: ev.Event, snapshot: tuple | None = None, letters: tuple | None = None) -> None:
         """Append to the stream at the version this supervisor holds, fenced by its
         lease while a run holds one; fold the events, then tell the listeners (a
         listener that fails is reported, and changes neither the log nor the folds)."""
@@ -125,7 +125,7 @@ class PipelineSupervisor:
         fence = (self.spec.name, self.lease.epoch) if self.lease is not None else None
         started = time.perf_counter()
         self.version = self.log.append(self.spec.stream, list(events), expected_version=self.version, fence=fence,
-                                       snapshot=snapshot)
+                                       snapshot=snapshot, letters=letters)
         self.log_cost[0] += len(events)
         self.log_cost[1] += time.perf_counter() - started
         for event in events:
