@@ -79,7 +79,7 @@ class KafkaSource(Source):
     connection: KafkaConnection
     start_from: str = "committed"
     format: str = "json"
-    batch_size: int = 20_000
+    batch_size: int = 50_000
     poll_timeout_ms: int = 200
     parallelism: int = 1
 
@@ -106,7 +106,7 @@ class KafkaSource(Source):
                          connection=KafkaConnection.from_spec(section, ctx),
                          start_from=section.get("start_from", "committed", types=str, choices=START_FROM),
                          format=section.get("format", "json", types=str, choices=FORMATS),
-                         batch_size=section.positive_int("batch_size", 20_000),
+                         batch_size=section.positive_int("batch_size", 50_000),
                          poll_timeout_ms=section.positive_int("poll_timeout_ms", 200),
                          parallelism=section.positive_int("parallelism", 1))
         except SpecError as exc:
@@ -184,6 +184,7 @@ class KafkaReader:
         self._pending_commit: dict | None = None
         self._committing: asyncio.Task | None = None
         self._warned = False
+        self._ahead = None            # the next fetch, under way while the last one is decoded
         try:
             self._consumer = self._loop.run(self._open(assignments), timeout=OPEN_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - classified into transient / terminal
@@ -226,17 +227,27 @@ class KafkaReader:
         broker that has not answered since PROBE_AFTER seconds is asked for its end
         offsets; no answer is a TransientError (aiokafka itself only retries, silently)."""
         timeout_ms = self.source.poll_timeout_ms if timeout_ms is None else timeout_ms
-        fetch = self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records or self.source.batch_size)
+        ahead, self._ahead = self._ahead, None
+        fetch = ahead if ahead is not None and (timeout_ms, max_records) == ahead.wanted else \
+            self._fetch(timeout_ms, max_records)
         try:
-            fetched = self._loop.run(fetch, timeout=timeout_ms / 1000 + OPEN_TIMEOUT)
+            fetched = fetch.result(timeout=timeout_ms / 1000 + OPEN_TIMEOUT)
             if fetched:
                 self._heard = time.monotonic()
+                self._ahead = self._fetch(timeout_ms, max_records)   # the next fetch runs while this one decodes
             elif time.monotonic() - self._heard > PROBE_AFTER:
                 self._end_offsets = self._loop.run(self._consumer.end_offsets(list(self.partitions)), PROBE_TIMEOUT)
                 self._heard = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - classified into transient / terminal
             raise kafka_error(exc, self.source.connection, "fetch messages") from None
         return {self.partitions[tp]: self._decoded(tp, records) for tp, records in fetched.items() if records}
+
+    def _fetch(self, timeout_ms: int, max_records: int | None):
+        """A getmany under way on the loop's thread (a concurrent future)."""
+        fetch = self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records or self.source.batch_size)
+        future = asyncio.run_coroutine_threadsafe(fetch, self._loop.loop)
+        future.wanted = (timeout_ms, max_records)
+        return future
 
     def _decoded(self, tp, records) -> Polled:
         count = len(records)
@@ -297,6 +308,9 @@ class KafkaReader:
                   f"{first_line(exc, with_type=True)}", file=sys.stderr)
 
     async def _stop(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:       # what it fetched is read again by the next reader, from its positions
+            ahead.cancel()
         if self._committing is not None:
             await asyncio.wait([self._committing], timeout=5)
         await stop_quietly([self._consumer])
