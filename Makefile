@@ -25,9 +25,14 @@ demo: $(VENV)/.core
 test: $(VENV)/.dev
 	ETL_TEST_PG_URL="$$(bash scripts/start_postgres.sh)" $(BIN)/python -m pytest -q
 
-## make bench: the side-by-side benchmarks (prints rows/s and ratios)
-bench: $(VENV)/.dev
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@ $(VENV)/.dev $(VENV)/.core
+
+## make bench: the side-by-side benchmarks (prints rows/s or events/s and ratios)
+bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/batch_csv_to_parquet.py
+	$(BIN)/python benchmarks/stream_window.py
 
 clean:
 	rm -rf $(VENV) .etl_actors examples/data benchmarks/.data
