@@ -74,7 +74,7 @@ def plan(spec) -> list[dict]:
     ``PipelineDefined`` records them: ``[{"kind", "actors", "runs": [...]}]`` (the
     extractor of a stream runs the processors before its window, chained)."""
     if spec.is_stream:
-        stages = [{"kind": "extractor", "actors": getattr(spec.source, "parallelism", 1),
+        stages = [{"kind": "extractor", "actors": getattr(spec.source, "parallelism", None) or "cpus",
                    "runs": [f"read {spec.source.type}", *[s.id for s in spec.transformations],
                             *([f"pre-aggregate {spec.window.id}"] if spec.window is not None else [])]}]
         if spec.window is not None:

@@ -50,7 +50,8 @@ class StreamRun:
         try:
             partitions = await self._retrying("source", lambda: asyncio.to_thread(spec.source.partitions,
                                                                                     sup.watermarks))
-            self.assignment = _spread(partitions, min(spec.source.parallelism, len(partitions)) or 1)
+            extractors = spec.source.parallelism or self.children.cpus()
+            self.assignment = _spread(partitions, min(extractors, len(partitions)) or 1)
             await self.children.start({"extractor": len(self.assignment), "window": self.shards,
                                        "loader": len(spec.sinks)})
             await self._rewind()

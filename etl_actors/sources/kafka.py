@@ -70,7 +70,8 @@ def _order(name: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class KafkaSource(Source):
-    """Messages of ``topics``, read by ``parallelism`` extractors sharing their partitions."""
+    """Messages of ``topics``, read by ``parallelism`` extractors sharing their partitions
+    (None: one per CPU of the cluster, at most one per partition)."""
 
     type: ClassVar[str] = "kafka"
 
@@ -81,7 +82,7 @@ class KafkaSource(Source):
     format: str = "json"
     batch_size: int = 50_000
     poll_timeout_ms: int = 200
-    parallelism: int = 1
+    parallelism: int | None = None
 
     def __post_init__(self):
         if not self.topics or not all(self.topics):
@@ -93,7 +94,7 @@ class KafkaSource(Source):
         if self.format not in FORMATS:
             raise SpecError("format", f"{self.format!r} is not one of {', '.join(FORMATS)}")
         for key, value in (("batchSize", self.batch_size), ("pollTimeoutMs", self.poll_timeout_ms),
-                           ("parallelism", self.parallelism)):
+                           ("parallelism", self.parallelism or 1)):
             if not isinstance(value, int) or value < 1:
                 raise SpecError(key, f"expected a positive integer, got {value!r}")
 
@@ -108,7 +109,7 @@ class KafkaSource(Source):
                          format=section.get("format", "json", types=str, choices=FORMATS),
                          batch_size=section.positive_int("batch_size", 50_000),
                          poll_timeout_ms=section.positive_int("poll_timeout_ms", 200),
-                         parallelism=section.positive_int("parallelism", 1))
+                         parallelism=section.positive_int("parallelism", None))
         except SpecError as exc:
             raise exc if exc.path.startswith(section.path) else SpecError(section.at(exc.path), exc.reason) from None
         section.done()
