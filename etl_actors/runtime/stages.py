@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from ..batch import DeadLetter, SourceBatch, StepResult, table_digest
-from ..errors import StepFailed, TerminalError, first_line
+from ..errors import StepFailed, first_line
 
 
 class Stage:

@@ -22,9 +22,9 @@ import time
 from typing import Any
 
 from .. import events as ev
-from ..errors import EtlError, TerminalError, first_line
+from ..errors import EtlError, TerminalError
 from ..projections import streams as streams_projection
-from .retry import delay, is_transient
+from .retry import is_transient
 from .supervisor import ChildLost
 
 
@@ -214,9 +214,7 @@ class StreamRun:
                 return await self.children.call("loader", index, "load", table, batch_id, self.run_id)
             except EtlError as exc:
                 attempt += 1
-                if not is_transient(exc) or attempt > self.spec.runtime.max_retries:
-                    raise
-                await self._retry_wait(f"loader#{index}", exc, attempt)
+                await self.sup.backoff(self.run_id, f"loader#{index}", exc, attempt)
 
     # --- checkpoints ----------------------------------------------------------------
 
@@ -347,7 +345,7 @@ class StreamRun:
             await asyncio.sleep(min(0.1 * 2 ** (self.restarts - 1), 2.0))
             await self.children.restart(kind, int(index))
         else:
-            await self._retry_wait("stream", exc, self.restarts)
+            await self.sup.backoff(self.run_id, "stream", exc, self.restarts)
         await self._rewind_retrying()
 
     async def _rewind_retrying(self) -> None:
@@ -358,18 +356,8 @@ class StreamRun:
                 kind, _, index = lost.child.partition("#")
                 await self.children.restart(kind, int(index))
             except EtlError as exc:
-                if not is_transient(exc):
-                    raise
                 self.restarts += 1
-                if self.restarts > self.spec.runtime.max_retries:
-                    raise
-                await self._retry_wait("stream", exc, self.restarts)
-
-    async def _retry_wait(self, stage: str, exc: BaseException, attempt: int) -> None:
-        wait = delay(attempt, getattr(exc, "retry_after", None))
-        self.sup.append(ev.RetryScheduled(run_id=self.run_id, stage=stage, error=first_line(exc), attempt=attempt,
-                                          limit=self.spec.runtime.max_retries, delay=round(wait, 3)))
-        await asyncio.sleep(wait)
+                await self.sup.backoff(self.run_id, "stream", exc, self.restarts)
 
     async def _retrying(self, stage: str, call):
         attempt = 0
@@ -378,25 +366,11 @@ class StreamRun:
                 return await call()
             except EtlError as exc:
                 attempt += 1
-                if not is_transient(exc) or attempt > self.spec.runtime.max_retries:
-                    raise
-                await self._retry_wait(stage, exc, attempt)
+                await self.sup.backoff(self.run_id, stage, exc, attempt)
 
     async def _fail(self, exc: BaseException) -> None:
-        from ..errors import ConcurrencyError
-
-        if isinstance(exc, ConcurrencyError):
-            self.sup._lease_lost = self.sup._lease_lost or exc
-            return
-        if isinstance(exc, asyncio.CancelledError):
-            message = "interrupted (Ctrl-C): the events since the last checkpoint are read again by the next run"
-        else:
-            message = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
-        try:
-            self.sup.append(ev.RunFailed(run_id=self.run_id, error=message or type(exc).__name__,
-                                         metrics=self._metrics()))
-        except ConcurrencyError:
-            pass
+        self.sup.record_failure(self.run_id, exc, "the events since the last checkpoint are read again by the next run",
+                                self._metrics)
 
 
 def _spread(partitions: list[str], extractors: int) -> list[list[str]]:

@@ -195,6 +195,32 @@ class PipelineSupervisor:
             self.digest = self.spec.digest
         return opening
 
+    async def backoff(self, run_id: str, stage: str, exc: BaseException, attempt: int) -> None:
+        """Wait before trying a transient failure again (``RetryScheduled``); raise it
+        when it is not transient or ``maxRetries`` attempts have failed."""
+        limit = self.spec.runtime.max_retries
+        if not is_transient(exc) or attempt > limit:
+            raise exc
+        wait = delay(attempt, getattr(exc, "retry_after", None))
+        self.append(ev.RetryScheduled(run_id=run_id, stage=stage, error=first_line(exc), attempt=attempt,
+                                      limit=limit, delay=round(wait, 3)))
+        await asyncio.sleep(wait)
+
+    def record_failure(self, run_id: str, exc: BaseException, abandoned: str, metrics) -> None:
+        """Append ``RunFailed`` for ``exc`` (for a Ctrl-C: saying what was ``abandoned``);
+        fenced out, record nothing (the run now holding the lease recorded the end)."""
+        if isinstance(exc, ConcurrencyError):
+            self._lease_lost = self._lease_lost or exc
+            return
+        if isinstance(exc, asyncio.CancelledError):  # the local runner's Ctrl-C
+            message = f"interrupted (Ctrl-C): {abandoned}"
+        else:
+            message = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
+        try:
+            self.append(ev.RunFailed(run_id=run_id, error=message or type(exc).__name__, metrics=metrics()))
+        except ConcurrencyError:
+            pass
+
     # --- control --------------------------------------------------------------------
 
     def status(self) -> dict:
@@ -536,15 +562,7 @@ class _Run:
                 await self._backoff(f"{kind}#{index}", exc, attempt)
 
     async def _backoff(self, stage: str, exc: EtlError, attempt: int) -> None:
-        """Wait before trying a transient failure again (``RetryScheduled``); raise it
-        when it is not transient or ``maxRetries`` attempts have failed."""
-        limit = self.spec.runtime.max_retries
-        if not is_transient(exc) or attempt > limit:
-            raise exc
-        wait = delay(attempt, getattr(exc, "retry_after", None))
-        self.sup.append(ev.RetryScheduled(run_id=self.run_id, stage=stage, error=first_line(exc), attempt=attempt,
-                                          limit=limit, delay=round(wait, 3)))
-        await asyncio.sleep(wait)
+        await self.sup.backoff(self.run_id, stage, exc, attempt)
 
     async def _restarted(self, kind: str, index: int, lost: ChildLost, generation: int) -> None:
         """Replace a lost child once, however many calls in flight saw it die."""
@@ -570,17 +588,6 @@ class _Run:
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
-        if isinstance(exc, ConcurrencyError):  # fenced out: the run now holding the lease recorded the end
-            self.sup._lease_lost = self.sup._lease_lost or exc
-            return
-        if isinstance(exc, asyncio.CancelledError):  # the local runner's Ctrl-C
-            message = "interrupted (Ctrl-C): the batches in flight were abandoned"
-        else:
-            message = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
-        try:
-            self.sup.append(ev.RunFailed(run_id=self.run_id, error=message or type(exc).__name__,
-                                         metrics=self._metrics()))
-        except ConcurrencyError:
-            pass
+        self.sup.record_failure(self.run_id, exc, "the batches in flight were abandoned", self._metrics)
 
 
