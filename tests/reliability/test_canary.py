@@ -51,7 +51,7 @@ def spec(name: str, source: dict, destination: dict, steps=()) -> dict:
     return {"name": name, "connections": {"src": "${CANARY_SRC:-sqlite:///unused.db}",
                                           "dst": "${CANARY_DST:-sqlite:///unused.db}"},
             "pipeline": {"source": source, "transformations": list(steps), "destination": destination,
-                         "leaseTimeout": 5}}
+                         "leaseTimeout": 5, "maxRetries": 1}}     # one retry: its RetryScheduled is scanned too
 
 
 def scenarios(tmp_path: Path) -> list[tuple[str, dict, dict]]:
