@@ -156,3 +156,26 @@ class FlakySink(MemorySink):
 
     def open(self, pipeline: str) -> SinkWriter:
         return FlakyWriter(SINKS.setdefault(self.name, {"rows": [], "ledger": {}}), self)
+
+
+class SlowWriter(MemoryWriter):
+    def __init__(self, store: dict, seconds: float):
+        super().__init__(store)
+        self.seconds = seconds
+
+    def write(self, table: pa.Table, batch_id: str) -> LoadResult:
+        import time
+
+        time.sleep(self.seconds)
+        return super().write(table, batch_id)
+
+
+@dataclass(frozen=True)
+class SlowSink(MemorySink):
+    """A MemorySink that takes ``seconds`` for every batch (a slow database)."""
+
+    type: ClassVar[str] = "slow-memory"
+    seconds: float = 0.2
+
+    def open(self, pipeline: str) -> SinkWriter:
+        return SlowWriter(SINKS.setdefault(self.name, {"rows": [], "ledger": {}}), self.seconds)

@@ -186,6 +186,7 @@ class KafkaReader:
         self._committing: asyncio.Task | None = None
         self._warned = False
         self._ahead = None            # the next fetch, under way while the last one is decoded
+        self.returned: dict[str, int] = {}   # per partition, the offset after the last message poll returned
         try:
             self._consumer = self._loop.run(self._open(assignments), timeout=OPEN_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - classified into transient / terminal
@@ -241,7 +242,9 @@ class KafkaReader:
                 self._heard = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - classified into transient / terminal
             raise kafka_error(exc, self.source.connection, "fetch messages") from None
-        return {self.partitions[tp]: self._decoded(tp, records) for tp, records in fetched.items() if records}
+        polled = {self.partitions[tp]: self._decoded(tp, records) for tp, records in fetched.items() if records}
+        self.returned.update((name, batch.next_offset) for name, batch in polled.items())
+        return polled
 
     def _fetch(self, timeout_ms: int, max_records: int | None):
         """A getmany under way on the loop's thread (a concurrent future)."""
