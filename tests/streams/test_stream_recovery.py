@@ -102,8 +102,9 @@ def test_a_killed_child_is_replaced_and_the_windows_equal_the_reference(ray_loca
 
     assert result["status"] == "success", result.get("error")
     assert restarted(log, name) == [victim.replace(":", "#") if ":" in victim else "loader#0"]
-    assert_reference(topic, log, name, db)
+    ref = assert_reference(topic, log, name, db)
     assert result["watermark"] == topic.ends()
+    assert result["recordsRejected"] == len(ref.late)          # replayed late events are not counted again
 
 
 def test_a_killed_supervisor_is_restarted_and_the_windows_equal_the_reference(ray_local, kafka, tmp_path, uniq):
