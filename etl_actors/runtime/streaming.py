@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 
 from ..batch import DeadLetter, jsonable
+from ..errors import StepFailed
 from .stages import Stage, Transformer, content_id
 
 OFFSET = "__etl_offset"
@@ -105,7 +106,7 @@ class StreamExtractor(Stage):
             return
         table = batch.table.append_column(OFFSET, pa.array(batch.offsets, pa.int64()))
         self.chain.partition, self.chain.letters = partition, []
-        table, tr = self.chain._run_steps(self.chain.before, table, partition, run_id)
+        table, tr = self._chain(table, partition, run_id)
         report["rows"] += tr["rows_in"]
         report["transformed"] += tr["rows_out"]
         report["filtered"] += tr["filtered"]
@@ -118,6 +119,59 @@ class StreamExtractor(Stage):
             report["maxSeen"][partition] = None
             return
         self._windowed(run_id, partition, table, floor_ms, report, outputs)
+
+    def _chain(self, table: pa.Table, partition: str, run_id: str) -> tuple[pa.Table, dict]:
+        """The processors on a batch. When a step fails on it, the batch is halved until
+        the events it fails on are found alone: those become dead letters (stage
+        ``transform:<step>``) and the rest go on, so one bad message does not stop the
+        stream. When it fails the same way on the first and the last event alone, or on
+        every event, the error is the step's, not the data's, and is raised (the stream
+        stops before its position moves)."""
+        try:
+            return self.chain._run_steps(self.chain.before, table, partition, run_id)
+        except StepFailed as failure:
+            if self._systematic(table, failure, partition, run_id):
+                raise
+            letters = list(self.chain.letters)
+            parts, failed = self._isolate(table, partition, run_id)
+            if failed == table.num_rows:
+                self.chain.letters = letters
+                raise failure
+        report = {"rows_in": table.num_rows, "rows_out": 0, "filtered": 0, "reasons": [], "rejected": failed}
+        for part, tr in parts:
+            report["rows_out"] += tr["rows_out"]
+            report["filtered"] += tr["filtered"]
+            report["reasons"] += tr["reasons"]
+        tables = [part for part, _ in parts]
+        return (_concat(tables) if tables else table.slice(0, 0)), report
+
+    def _systematic(self, table: pa.Table, failure: StepFailed, partition: str, run_id: str) -> bool:
+        letters = list(self.chain.letters)
+        try:
+            for row in (table.slice(0, 1), table.slice(table.num_rows - 1, 1)):
+                try:
+                    self.chain._run_steps(self.chain.before, row, partition, run_id)
+                    return False
+                except StepFailed as alone:
+                    if str(alone) != str(failure):
+                        return False
+            return True
+        finally:
+            self.chain.letters = letters
+
+    def _isolate(self, table: pa.Table, partition: str, run_id: str) -> tuple[list, int]:
+        """``([(table, report)] of the parts the processors pass, events failed alone)``."""
+        try:
+            return [self.chain._run_steps(self.chain.before, table, partition, run_id)], 0
+        except StepFailed as exc:
+            if table.num_rows == 1:
+                row = table.to_pylist()[0]
+                self.chain.letters += by_offset(f"transform:{exc.step}", partition, [DeadLetter(str(exc), row)])
+                return [], 1
+        half = table.num_rows // 2
+        head, failed_head = self._isolate(table.slice(0, half), partition, run_id)
+        tail, failed_tail = self._isolate(table.slice(half), partition, run_id)
+        return head + tail, failed_head + failed_tail
 
     def _windowed(self, run_id: str, partition: str, table: pa.Table, floor_ms, report: dict, outputs: list) -> None:
         from ..windows import pre_aggregate

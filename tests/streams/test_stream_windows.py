@@ -304,3 +304,35 @@ def test_late_events_replayed_after_a_lost_window_actor_count_once_in_the_summar
     assert children[0].lost and result["status"] == "success"
     assert windows_in(db) == ref.rows() and late_letters(log, name) == ref.late   # the replay is right
     assert result["recordsRejected"] == len(ref.late) == len(letters(log, name))  # and so should its count be
+
+
+def test_an_event_a_processor_fails_on_is_a_dead_letter_and_the_stream_goes_on(kafka, tmp_path, uniq):
+    topic = Topic(kafka, f"bad-{uniq}", partitions=1)
+    good = [event(s, f"u{s % 3}", 0, code=str(s)) for s in range(0, 200, 5)]
+    bad = event(33, "u9", 0, code="x")                              # text the expression cannot read as int
+    topic.send(0, good[:10] + [bad] + good[10:])
+    windowing = Windowing("tumbling", size_ms=60_000)
+    parse = {"id": "parse", "type": "map", "keep": True, "mappings": {"value": {"expression": "int(code)"}}}
+    spec = stream_spec(f"bad-{uniq}", topic, [parse, windowing.processor()], [database(tmp_path / "out.db")])
+    log = f"sqlite:///{tmp_path}/events.db"
+
+    result = Pipeline.from_dict(spec).run(log=log, runtime="local", until_idle=1.0)
+
+    parsed = [(p, o, {**v, "value": int(v["code"])}) for p, o, v in topic.sent if v is not bad]
+    assert result["status"] == "success" and result["recordsRejected"] == 1
+    assert windows_in(tmp_path / "out.db") == Reference(windowing).read(parsed).flush().rows()
+    [letter] = letters(log, spec["name"], "transform:parse")
+    assert letter["record"]["_offset"] == 10 and letter["record"]["code"] == "x" and "'parse'" in letter["reason"]
+
+
+def test_a_processor_that_fails_on_every_event_stops_the_stream_before_its_position_moves(kafka, tmp_path, uniq):
+    topic = Topic(kafka, f"typo-{uniq}", partitions=1)
+    topic.send(0, [event(s, "u", s) for s in range(0, 100, 5)])
+    typo = {"id": "typo", "type": "map", "mappings": {"v": {"source": "valeu"}}}
+    spec = stream_spec(f"typo-{uniq}", topic, [typo], [database(tmp_path / "out.db", mode="insert")])
+    log = f"sqlite:///{tmp_path}/events.db"
+
+    result = Pipeline.from_dict(spec).run(log=log, runtime="local", until_idle=1.0)
+
+    assert result["status"] == "failed" and "'typo'" in result["error"] and "valeu" in result["error"]
+    assert result["watermark"] == {} and letters(log, spec["name"]) == []
