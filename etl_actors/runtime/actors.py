@@ -178,6 +178,14 @@ class PipelineMetrics:
             self._count("rejected", event.failed)
         elif isinstance(event, ev.WatermarkCommitted):
             self._last_commit = event.at
+        elif isinstance(event, ev.CheckpointCommitted):     # a stream: the counts since its last checkpoint
+            self._count("extracted", event.extracted)
+            self._count("loaded", event.loaded)
+            self._count("rejected", event.rejected + event.late)
+            self._count("filtered", event.filtered)
+            if event.bytes > 0:
+                self.bytes.inc(event.bytes)
+            self._last_commit = event.at
         elif isinstance(event, (ev.ChildRestarted, ev.StepSkipped, ev.RunFailed)):
             self.errors.inc(1)
         elif isinstance(event, ev.RunStarted):
