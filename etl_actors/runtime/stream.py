@@ -23,7 +23,6 @@ from typing import Any
 
 from .. import events as ev
 from ..errors import EtlError, TerminalError
-from ..projections import streams as streams_projection
 from .retry import is_transient
 from .supervisor import ChildLost
 
@@ -57,7 +56,6 @@ class StreamRun:
             await self._rewind()
             sup.append(ev.RunStarted(pipeline=spec.name, run_id=self.run_id, epoch=sup.epoch,
                                      watermark=dict(sup.watermarks), partitions=list(partitions)))
-            self.started = time.monotonic()
             await self._supervise()
             sup.append(ev.RunSucceeded(run_id=self.run_id, metrics=self._metrics()))
         except BaseException as exc:  # noqa: BLE001 - every failure ends the run in the log
@@ -260,7 +258,7 @@ class StreamRun:
             idle_s=self.idle_s if final else 0.0)
         self.sup.append(event, snapshot=(self.spec.name, seq, parts) if self.window is not None else None,
                         letters=(self.spec.name, self.run_id, pending["letters"]))
-        self.checkpoint, self.restarts = event, 0
+        self.restarts = 0
         self._reset_pending()
         self.last_commit = time.monotonic()
         self._commit_group(positions)
@@ -300,7 +298,7 @@ class StreamRun:
     # --- recovery -------------------------------------------------------------------
 
     def _reset_pending(self) -> None:
-        last = self.checkpoint
+        last = self.sup.checkpoint      # the supervisor folds every CheckpointCommitted it appends
         self.pending = {"positions": dict(last.positions) if last else {},
                         "max_seen": dict(last.max_seen) if last else {}, "letters": [],
                         **{k: 0 for k in ("extracted", "transformed", "filtered", "rejected", "loaded", "late",
@@ -310,8 +308,7 @@ class StreamRun:
         """Every child to the last checkpoint: extractors at its positions, window
         shards at its state, nothing pending."""
         sup = self.sup
-        self.checkpoint = streams_projection.project(sup.log.read(sup.spec.stream))
-        last = self.checkpoint
+        last = sup.checkpoint
         self._reset_pending()
         self.partitions = [p for group in self.assignment for p in group]
         self.floor = last.emitted if last else None
