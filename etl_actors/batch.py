@@ -36,14 +36,24 @@ class SourceBatch:
     partition: str
     position: Any
     rejects: tuple[DeadLetter, ...] = ()
+    resume_at: str | None = None            # a redrive: the stage the rows enter at (transform:<id>, load, load:<i>)
+    letter_ids: tuple[int, ...] = ()        # a redrive: the dead letters the rows came from
 
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one transformation step returns for a batch."""
+    """What one transformation step returns for a batch: the rows kept (``table``),
+    the rows rejected (``rejects``, dead letters), and of the kept rows how many are
+    ``flagged`` (loaded with the quality rules they broke) and ``enriched`` (given
+    fields by a lookup). ``quality`` is a validation step's per-batch report:
+    ``{"total", "passed", "failed", "warnings", "rules": {id: {"violations",
+    "severity", "action", "examples"}}}``; the runtime folds it into the run's."""
 
     table: pa.Table
     rejects: tuple[DeadLetter, ...] = ()
+    flagged: int = 0
+    enriched: int = 0
+    quality: Mapping | None = None
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def _dry_run(source: Any, steps: Sequence[Any], paths: dict[str, str]) -> list[S
         return []
     table = schema.empty_table()
     for i, step in enumerate(steps):
-        if step is None or step.type in _OPAQUE_STEPS:
+        if step is None or step.type in _OPAQUE_STEPS or getattr(step, "opaque", False):
             return []
         try:
             table = _output(step, table)

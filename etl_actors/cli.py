@@ -62,12 +62,29 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--log", help=log_help)
         cmd.add_argument("--json", action="store_true")
         if name == "dlq":
+            cmd.add_argument("action", nargs="?", choices=("list", "redrive"), default="list",
+                             help="list (the default) or redrive: send the pending letters through the "
+                                  "pipeline's current spec from the stage where they failed")
             cmd.add_argument("--run", help="only this run's dead letters")
+            cmd.add_argument("--stage", help="only the letters of this stage (transform:<step>, load, ...)")
+            cmd.add_argument("--all", action="store_true", help="list redriven letters too (the history)")
             cmd.add_argument("--limit", type=int)
+            cmd.add_argument("--spec", help="redrive: the spec file (default: the one the last run was made from)")
+            cmd.add_argument("--local", action="store_true", help="redrive: in this process instead of on Ray")
         if name == "events":
             cmd.add_argument("--from-version", type=int, default=1)
             cmd.add_argument("--follow", "-f", action="store_true",
                              help="keep printing new events as they are appended (Ctrl-C ends)")
+    quality = sub.add_parser("quality", help="the data-quality report of a pipeline's run (the last by default)")
+    quality.add_argument("pipeline")
+    quality.add_argument("--run", help="this run's report")
+    quality.add_argument("--log", help=log_help)
+    quality.add_argument("--json", action="store_true")
+
+    alerts = sub.add_parser("alerts", help="open and recent failure alerts (of one pipeline or all)")
+    alerts.add_argument("pipeline", nargs="?")
+    alerts.add_argument("--log", help=log_help)
+    alerts.add_argument("--json", action="store_true")
     return parser
 
 
@@ -150,9 +167,10 @@ def _terminate(signum, frame) -> None:
 
 def _print_summary(result: dict) -> None:
     print(f"pipeline {result['pipeline']} run {result['runId']}: {result['status']}")
-    for key in ("recordsExtracted", "recordsTransformed", "recordsLoaded", "recordsRejected",
-                "bytesProcessed", "errors", "durationMs", "throughput"):
-        print(f"  {key:<20} {result[key]}")
+    for key in ("trigger", "recordsExtracted", "recordsTransformed", "recordsLoaded", "recordsRejected",
+                "recordsFlagged", "recordsEnriched", "bytesProcessed", "errors", "durationMs", "throughput"):
+        if key in result:
+            print(f"  {key:<20} {result[key]}")
     print(f"  {'watermark':<20} {json.dumps(result['watermark'], default=str)}")
     for step in result["steps"]:
         print(f"  step {step['id']:<15} in {step['recordsIn']:>10} out {step['recordsOut']:>10} "
@@ -213,11 +231,97 @@ def _cmd_dlq(args) -> int:
     from .eventlog import EventLog
     from .pipeline import resolve_log_url
 
-    for letter in EventLog(resolve_log_url(args.log)).dead_letters(args.pipeline, args.run, args.limit):
+    log_url = resolve_log_url(args.log)
+    if args.action == "redrive":
+        return _redrive(args, log_url)
+    letters = EventLog(log_url).dead_letters(args.pipeline, args.run, args.limit, pending=not args.all,
+                                             stage=args.stage)
+    for letter in letters:
         if args.json:
-            _print_json(letter)
+            _print_json({k: v for k, v in letter.items() if k != "schema"})
         else:
-            _print_json({k: letter[k] for k in ("runId", "stage", "reason", "record")})
+            _print_json({k: letter[k] for k in ("id", "runId", "stage", "reason", "record")})
+    return EXIT_OK
+
+
+def _redrive(args, log_url: str) -> int:
+    """``dlq PIPELINE redrive``: a run of the pipeline's current spec over its pending
+    letters; prints its summary like ``run``."""
+    from .pipeline import Pipeline
+
+    path = args.spec or _last_spec_file(args.pipeline, log_url)
+    pipeline = Pipeline.from_file(path)
+    if pipeline.name != args.pipeline:
+        raise UsageError(f"{path} is the spec of pipeline {pipeline.name!r}, not {args.pipeline!r}")
+    with pipeline:
+        result = pipeline.redrive(log=log_url, runtime="local" if args.local else "ray", run_id=args.run,
+                                  stage=args.stage)
+    if args.json:
+        _print_json(result)
+    else:
+        _print_summary(result)
+    return EXIT_OK if result["status"] == "success" else EXIT_FAILED
+
+
+def _last_spec_file(pipeline: str, log_url: str) -> str:
+    """The spec file the pipeline's last run was made from (it is read as it is now:
+    the redrive runs the fixed spec)."""
+    from .eventlog import EventLog
+    from .events import RunRequested
+
+    for rec in reversed(EventLog(log_url).read(pipeline_stream(pipeline))):
+        if isinstance(rec.event, RunRequested) and rec.event.spec:
+            if not os.path.exists(rec.event.spec):
+                raise UsageError(f"the spec of {pipeline!r}'s last run, {rec.event.spec}, is gone: give --spec FILE")
+            return rec.event.spec
+    raise UsageError(f"no run of {pipeline!r} in the log was made from a spec file: give --spec FILE")
+
+
+def _cmd_quality(args) -> int:
+    """The run's ``QualityReported`` as ``{"runId", "total", "passed", "failed",
+    "warnings", "rules": {id: {"violations", "severity", "examples"}}}``."""
+    from .eventlog import EventLog
+    from .events import QualityReported, RunStarted
+    from .pipeline import resolve_log_url
+
+    recorded = EventLog(resolve_log_url(args.log)).read(pipeline_stream(args.pipeline))
+    run_id = args.run or next((r.event.run_id for r in reversed(recorded) if isinstance(r.event, RunStarted)), None)
+    if run_id is None:
+        raise UsageError(f"pipeline {args.pipeline!r} has no run in the log")
+    report = next((r.event for r in reversed(recorded)
+                   if isinstance(r.event, QualityReported) and r.event.run_id == run_id), None)
+    if report is None:
+        raise UsageError(f"run {run_id} of {args.pipeline!r} has no quality report (no validation step ran"
+                         + (", or it has not ended)" if args.run else ")"))
+    data = {"runId": run_id, "total": report.total, "passed": report.passed, "failed": report.failed,
+            "warnings": report.warnings,
+            "rules": {rule: {"violations": s.get("violations", 0), "severity": s.get("severity"),
+                             "action": s.get("action"), "examples": s.get("examples", [])}
+                      for rule, s in report.rules.items()}}
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    print(f"pipeline {args.pipeline} run {run_id}: {data['total']} validated, {data['passed']} passed, "
+          f"{data['failed']} failed, {data['warnings']} with warnings")
+    for rule, stats in data["rules"].items():
+        print(f"  {rule:<20} {stats['severity'] or '':<8} {stats['action'] or '':<7} "
+              f"{stats['violations']:>10} violation(s)")
+        for example in stats["examples"]:
+            print(f"      e.g. {json.dumps(jsonable(example), default=str)[:200]}")
+    return EXIT_OK
+
+
+def _cmd_alerts(args) -> int:
+    from .alerts import format_table, listing
+    from .eventlog import EventLog
+    from .pipeline import resolve_log_url
+
+    rows = listing(EventLog(resolve_log_url(args.log)), args.pipeline)
+    if args.json:
+        for row in rows:
+            _print_json(row)
+    else:
+        print(format_table(rows))
     return EXIT_OK
 
 
@@ -285,7 +389,7 @@ class _ProgressBar:
 
 
 _COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "status": _cmd_status, "events": _cmd_events,
-             "dlq": _cmd_dlq}
+             "dlq": _cmd_dlq, "quality": _cmd_quality, "alerts": _cmd_alerts}
 
 
 def _say(message: str) -> None:

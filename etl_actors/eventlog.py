@@ -70,6 +70,12 @@ dead_letters_table = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("record", sa.Text, nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    # added by issue 7 (added to older logs when opened): the Arrow schema of the rows
+    # the letter came from (base64 IPC), so a redrive gives steps and sinks the types
+    # they had; and the redrive that sent the letter through again (null: pending)
+    sa.Column("arrow_schema", sa.Text, nullable=True),
+    sa.Column("redriven_by", sa.Text, nullable=True),
+    sa.Column("redriven_at", sa.DateTime(timezone=True), nullable=True),
     sa.UniqueConstraint("pipeline", "batch_id", "stage", "idx", name="uq_etl_dead_letters_batch"),
     sa.Index("ix_etl_dead_letters_pipeline_run", "pipeline", "run_id"),
     sqlite_autoincrement=True,
@@ -252,38 +258,69 @@ class EventLog:
     # --- dead letters ---------------------------------------------------------------
 
     def put_dead_letters(self, pipeline: str, run_id: str, batch_id: str, stage: str,
-                         letters: Sequence[DeadLetter]) -> int:
+                         letters: Sequence[DeadLetter], schema: "pa.Schema | None" = None) -> int:
         """Store one row per letter; return how many rows were new.
 
         A letter is identified by ``(pipeline, batch_id, stage, its index in letters)``,
-        so putting a retried batch's letters again writes nothing.
+        so putting a retried batch's letters again writes nothing. ``schema`` is the
+        Arrow schema of the rows the letters came from (a redrive restores it).
         """
         if not letters:
             return 0
         keyed = [(batch_id, idx, stage, letter) for idx, letter in enumerate(letters)]
         try:
             with self._engine.begin() as conn:
-                return _insert_letters(conn, pipeline, run_id, keyed)
+                return _insert_letters(conn, pipeline, run_id, keyed, encode_schema(schema))
         except sa.exc.DBAPIError as exc:
             raise log_error(self.url, exc) from None
 
-    def dead_letters(self, pipeline: str, run_id: str | None = None,
-                     limit: int | None = None) -> list[dict]:
-        """The pipeline's dead letters (of one run when given) in insertion order, as
-        ``{id, pipeline, runId, batchId, stage, reason, record, recordedAt}``."""
+    def dead_letters(self, pipeline: str, run_id: str | None = None, limit: int | None = None,
+                     pending: bool = False, stage: str | None = None, after_id: int = 0) -> list[dict]:
+        """The pipeline's dead letters (of one run, one stage, only those still
+        ``pending`` when asked) in insertion order, as ``{id, pipeline, runId, batchId,
+        stage, reason, record, recordedAt, redrivenBy, redrivenAt}`` (and ``schema``,
+        the encoded Arrow schema, for a redrive)."""
         t = dead_letters_table
-        query = (sa.select(t.c.id, t.c.pipeline, t.c.run_id, t.c.batch_id, t.c.stage,
-                           t.c.reason, t.c.record, t.c.recorded_at)
-                 .where(*_dead_letter_filter(pipeline, run_id)).order_by(t.c.id).limit(limit))
+        query = (sa.select(t.c.id, t.c.pipeline, t.c.run_id, t.c.batch_id, t.c.stage, t.c.reason, t.c.record,
+                           t.c.recorded_at, t.c.arrow_schema, t.c.redriven_by, t.c.redriven_at)
+                 .where(*_dead_letter_filter(pipeline, run_id, pending, stage), t.c.id > after_id)
+                 .order_by(t.c.id).limit(limit))
         with self._engine.connect() as conn:
             return [_dead_letter_view(row) for row in conn.execute(query)]
 
-    def dead_letter_count(self, pipeline: str, run_id: str | None = None) -> int:
+    def dead_letter_count(self, pipeline: str, run_id: str | None = None, pending: bool = False) -> int:
         """How many dead letters the pipeline (or one of its runs) has."""
         query = sa.select(sa.func.count()).select_from(dead_letters_table).where(
-            *_dead_letter_filter(pipeline, run_id))
+            *_dead_letter_filter(pipeline, run_id, pending))
         with self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def dead_letter_stages(self, pipeline: str, run_id: str | None = None, pending: bool = True) -> dict[str, int]:
+        """``{stage: count}`` of the pipeline's (pending) letters."""
+        t = dead_letters_table
+        query = (sa.select(t.c.stage, sa.func.count()).where(*_dead_letter_filter(pipeline, run_id, pending))
+                 .group_by(t.c.stage))
+        with self._engine.connect() as conn:
+            return {stage: int(n) for stage, n in conn.execute(query)}
+
+    def last_dead_letter_id(self, pipeline: str) -> int:
+        t = dead_letters_table
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(t.c.id)).where(t.c.pipeline == pipeline)).scalar() or 0)
+
+    def mark_redriven(self, pipeline: str, letter_ids: Sequence[int], run_id: str) -> int:
+        """Letters a redrive sent through again leave the pending store (kept as
+        history, ``redrivenBy`` the run); a letter already marked keeps its first mark."""
+        if not letter_ids:
+            return 0
+        t = dead_letters_table
+        try:
+            with self._engine.begin() as conn:
+                return conn.execute(t.update().where(t.c.pipeline == pipeline, t.c.id.in_(list(letter_ids)),
+                                                     t.c.redriven_by.is_(None))
+                                    .values(redriven_by=run_id, redriven_at=_utcnow())).rowcount
+        except sa.exc.DBAPIError as exc:
+            raise log_error(self.url, exc) from None
 
     def close(self) -> None:
         """Release the pooled connections to ``url``; a later call reconnects."""
@@ -377,16 +414,49 @@ def create_tables(engine: sa.Engine) -> None:
     doing it at once do not collide."""
     with _write_transaction(engine, CREATE_LOCK_KEY) as conn:
         metadata.create_all(conn, checkfirst=True)
+        _add_missing_columns(conn, dead_letters_table)
+
+
+def _add_missing_columns(conn: sa.Connection, table: sa.Table) -> None:
+    """A log written by an older version gains the nullable columns added since."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    quote = conn.dialect.identifier_preparer.quote
+    for column in table.columns:
+        if column.name not in have and column.nullable:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
+
+
+def encode_schema(schema: "pa.Schema | None") -> str | None:
+    """An Arrow schema as text for the letters table (base64 of its IPC form)."""
+    if schema is None:
+        return None
+    import base64
+
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def decode_schema(text: str | None) -> "pa.Schema | None":
+    if not text:
+        return None
+    import base64
+
+    import pyarrow as pa
+
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+    except Exception:  # noqa: BLE001 - a schema this pyarrow cannot read: go by the values
+        return None
 
 
 def _insert_letters(conn: sa.Connection, pipeline: str, run_id: str,
-                    letters: Sequence[tuple[str, int, str, DeadLetter]]) -> int:
+                    letters: Sequence[tuple[str, int, str, DeadLetter]], schema: str | None = None) -> int:
     """Insert dead letters keyed ``(batch_id, stage, idx)``; one already there is kept.
     Returns how many were new."""
     recorded_at = _utcnow()
     rows = [{"pipeline": pipeline, "run_id": run_id, "batch_id": batch_id, "stage": stage, "idx": idx,
              "reason": redact_text(letter.reason), "record": json.dumps(jsonable(letter.record)),
-             "recorded_at": recorded_at}
+             "recorded_at": recorded_at, "arrow_schema": schema}
             for batch_id, idx, stage, letter in letters]
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(dead_letters_table)
     return len(conn.execute(insert.on_conflict_do_nothing().returning(dead_letters_table.c.id), rows).all())
@@ -408,17 +478,25 @@ def _stream_version(conn: sa.Connection, stream: str) -> int:
     return conn.execute(query).scalar() or 0
 
 
-def _dead_letter_filter(pipeline: str, run_id: str | None) -> list:
-    conditions = [dead_letters_table.c.pipeline == pipeline]
+def _dead_letter_filter(pipeline: str, run_id: str | None, pending: bool = False,
+                        stage: str | None = None) -> list:
+    t = dead_letters_table
+    conditions = [t.c.pipeline == pipeline]
     if run_id is not None:
-        conditions.append(dead_letters_table.c.run_id == run_id)
+        conditions.append(t.c.run_id == run_id)
+    if pending:
+        conditions.append(t.c.redriven_by.is_(None))
+    if stage is not None:
+        conditions.append(t.c.stage == stage)
     return conditions
 
 
 def _dead_letter_view(row) -> dict:
     return {"id": row.id, "pipeline": row.pipeline, "runId": row.run_id, "batchId": row.batch_id,
             "stage": row.stage, "reason": row.reason, "record": json.loads(row.record),
-            "recordedAt": _as_utc(row.recorded_at).isoformat()}
+            "recordedAt": _as_utc(row.recorded_at).isoformat(), "redrivenBy": row.redriven_by,
+            "redrivenAt": _as_utc(row.redriven_at).isoformat() if row.redriven_at is not None else None,
+            "schema": row.arrow_schema}
 
 
 def _utcnow() -> datetime:

@@ -162,6 +162,7 @@ class RunRequested(Event):
     pipeline: str
     run_id: str
     trigger: str = "manual"
+    spec: str = ""          # the spec file the run was made from, when it came from one
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class RunStarted(Event):
     watermark: dict
     partitions: list
     total_bytes: int | None = None
+    trigger: str = "manual"
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,7 @@ class BatchExtracted(Event):
 class BatchTransformed(Event):
     """``steps`` holds one ``{id, recordsIn, recordsOut, durationMs, success, error?}``
     per step."""
-    texts: ClassVar[tuple[str, ...]] = ("steps",)
+    texts: ClassVar[tuple[str, ...]] = ("steps", "quality")
     run_id: str
     batch_id: str
     rows_in: int
@@ -203,6 +205,9 @@ class BatchTransformed(Event):
     rejected: int
     filtered: int
     steps: list
+    flagged: int = 0             # rows kept and loaded with the quality rules they broke
+    enriched: int = 0            # rows a lookup gave fields to
+    quality: dict = field(default_factory=dict)   # the validation steps' report of this batch (see QualityReported)
 
 
 @dataclass(frozen=True)
@@ -335,3 +340,64 @@ class RetryScheduled(Event):
     attempt: int
     limit: int
     delay: float
+
+
+@dataclass(frozen=True)
+class QualityReported(Event):
+    """A run's data-quality report, folded from its batches' validation results:
+    ``total`` records validated, ``passed`` (breaking no error-severity rule),
+    ``failed`` (breaking at least one), ``warnings`` (records breaking a
+    warning-severity rule), and per rule ``{violations, severity, action, examples}``
+    (at most 5 examples)."""
+    texts: ClassVar[tuple[str, ...]] = ("rules",)
+    run_id: str
+    total: int
+    passed: int
+    failed: int
+    warnings: int
+    rules: dict
+
+
+@dataclass(frozen=True)
+class LettersRedriven(Event):
+    """Dead letters ``letter_ids`` were sent through the pipeline again by run
+    ``run_id`` (trigger ``redrive``) in batch ``batch_id`` and were loaded, filtered,
+    or failed again (then a new letter holds the new reason): they left the store."""
+    run_id: str
+    batch_id: str
+    stage: str
+    letter_ids: list
+
+
+@dataclass(frozen=True)
+class AlertRaised(Event):
+    """More than ``threshold`` failures (rejected records, failed pages, failed runs,
+    poison messages) in the last ``window_s`` seconds: once per episode."""
+    texts: ClassVar[tuple[str, ...]] = ("message",)
+    pipeline: str
+    alert_id: str
+    count: int
+    threshold: int
+    window_s: float
+    message: str
+    severity: str = "high"
+
+
+@dataclass(frozen=True)
+class AlertResolved(Event):
+    """The failures of the window fell below the threshold: the episode is over."""
+    pipeline: str
+    alert_id: str
+    count: int
+
+
+@dataclass(frozen=True)
+class AlertDelivered(Event):
+    """What the alert webhook answered (``status`` None when it was not reached)."""
+    texts: ClassVar[tuple[str, ...]] = ("error", "webhook")
+    alert_id: str
+    kind: str
+    webhook: str
+    status: int | None
+    attempts: int
+    error: str = ""

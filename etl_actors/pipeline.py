@@ -106,12 +106,28 @@ class Pipeline:
         Raises :class:`~etl_actors.errors.LeaseHeld` while another run of this pipeline
         is live (anywhere that shares the event log), unless ``force``: then that run
         is recorded as interrupted and fenced out."""
+        return self._run(log, runtime, trigger, reset, force, until_idle)
+
+    def redrive(self, log: str | None = None, runtime: str = "ray", run_id: str | None = None,
+                stage: str | None = None) -> dict:
+        """Send the pending dead letters (of run ``run_id`` / stage ``stage`` when
+        given) through the current spec from the stage where each failed: a run with
+        trigger ``redrive`` whose summary counts them. Letters that load, or are
+        filtered, leave the store; those failing again stay, with the new reason."""
+        if self.spec.is_stream:
+            from .errors import UsageError
+
+            raise UsageError(f"{self.name} is a stream: its dead letters (late events, poison messages) "
+                             "cannot be sent through it again")
+        return self._run(log, runtime, "redrive", False, False, None, {"run": run_id, "stage": stage})
+
+    def _run(self, log, runtime, trigger, reset, force, until_idle, redrive=None) -> dict:
         log_url = self._log(log, runtime)
         if runtime == "local":
-            return run_local(self.spec, log_url, trigger, reset, force, until_idle)
+            return run_local(self.spec, log_url, trigger, reset, force, until_idle, redrive)
         supervisor = self._ray_supervisor(log_url, force)
         try:
-            return run_supervised(supervisor, trigger, reset, force, until_idle)
+            return run_supervised(supervisor, trigger, reset, force, until_idle, redrive)
         except BaseException:
             self.close()
             raise
@@ -211,7 +227,7 @@ def _local_supervisor(spec: PipelineSpec, log_url: str):
 
 
 def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: bool = False,
-              force: bool = False, until_idle: float | None = None) -> dict:
+              force: bool = False, until_idle: float | None = None, redrive: dict | None = None) -> dict:
     """One run in this process. A stream stops gracefully on Ctrl-C (it commits a last
     checkpoint); a batch run is cancelled and recorded as interrupted."""
     run_id = uuid.uuid4().hex[:12]
@@ -223,7 +239,7 @@ def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: 
         supervisor.stop("terminated (SIGTERM)")
 
     async def main() -> dict:
-        task = asyncio.ensure_future(supervisor.run(trigger, run_id, reset, force, until_idle))
+        task = asyncio.ensure_future(supervisor.run(trigger, run_id, reset, force, until_idle, redrive))
         if spec.is_stream and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
         while spec.is_stream:
@@ -298,7 +314,7 @@ def start_on_ray(spec: PipelineSpec, log_url: str, force: bool = False):
 
 
 def run_supervised(supervisor, trigger: str = "manual", reset: bool = False, force: bool = False,
-                   until_idle: float | None = None) -> dict:
+                   until_idle: float | None = None, redrive: dict | None = None) -> dict:
     """Run through ``supervisor``; when it dies, Ray restarts it (its ``__init__``
     replays the log) and the run is asked for again, resuming from the watermark.
     An error the run raised is raised here as itself, not wrapped in Ray's."""
@@ -306,7 +322,8 @@ def run_supervised(supervisor, trigger: str = "manual", reset: bool = False, for
     from ray.exceptions import RayActorError, RayTaskError
 
     for attempt in range(SUPERVISOR_RETRIES + 1):
-        run = supervisor.run.remote(trigger, None, reset and attempt == 0, force and attempt == 0, until_idle)
+        run = supervisor.run.remote(trigger, None, reset and attempt == 0, force and attempt == 0, until_idle,
+                                    redrive)
         try:
             return ray.get(run)
         except RayActorError:

@@ -15,6 +15,7 @@ PLUGINS: dict[str, dict[str, str]] = {
         "s3": "etl_actors.sources.file:FileSource",
         "database": "etl_actors.sources.database:DatabaseSource",
         "kafka": "etl_actors.sources.kafka:KafkaSource",
+        "api": "etl_actors.sources.api:ApiSource",
     },
     "transform": {
         "map": "etl_actors.transforms.map:MapStep",
@@ -22,6 +23,8 @@ PLUGINS: dict[str, dict[str, str]] = {
         "aggregate": "etl_actors.transforms.aggregate:AggregateStep",
         "join": "etl_actors.transforms.join:JoinStep",
         "function": "etl_actors.transforms.function:FunctionStep",
+        "enrich": "etl_actors.transforms.enrich:EnrichStep",
+        "validate": "etl_actors.transforms.validate:ValidateStep",
     },
     "sink": {
         "database": "etl_actors.sinks.database:DatabaseSink",
@@ -29,6 +32,7 @@ PLUGINS: dict[str, dict[str, str]] = {
         "file": "etl_actors.sinks.file:FileSink",
         "s3": "etl_actors.sinks.file:FileSink",
         "kafka": "etl_actors.sinks.kafka:KafkaSink",
+        "api": "etl_actors.sinks.api:ApiSink",
     },
 }
 

@@ -245,6 +245,8 @@ class PipelineSpec:
     kind: str = "batch"                 # batch | stream
     window: Any = None                  # streams: the window processor (a WindowSpec), if any
     after: tuple[Any, ...] = ()         # streams: the processors after the window, run on its results
+    spec_file: str = ""                 # the file the spec was read from (recorded with each run)
+    alerts: Any = None                  # AlertOptions: failures per sliding window, threshold, webhook
 
     def __post_init__(self):
         if not self.sinks:
@@ -374,10 +376,15 @@ def _pipeline_body(root: Section, ctx: SpecContext,
         paths = {"source": body.at("source"), "transformations": f"{body.at('processing')}.transformations",
                  "destination": body.at("destinations" if body.has("destinations") else "destination")}
         return source, steps, destination, processing if processing is not None else body, paths
-    if root.has("validation"):
-        raise SpecError("validation", "validation specs are not supported by this version; use 'pipeline', "
-                                      "'batch' or 'stream'")
-    raise SpecError("pipeline", "is required (a spec declares 'pipeline', 'batch' or 'stream')")
+    if root.has("validation"):   # the seed's Data Quality Checker: validation rules between a source and sinks
+        body = root.section("validation")
+        source = collect(build_plugin, "source", body.section("source"), ctx)
+        steps = _transformations(body, "transformations", ctx, collect)
+        destination = _destinations(body, ctx, collect)
+        paths = {"source": body.at("source"), "transformations": body.at("transformations"),
+                 "destination": body.at("destinations" if body.has("destinations") else "destination")}
+        return source, steps, destination, body, paths
+    raise SpecError("pipeline", "is required (a spec declares 'pipeline', 'batch', 'stream' or 'validation')")
 
 
 def _destinations(body: Section, ctx: SpecContext, collect: _Collected) -> Any:
@@ -423,12 +430,17 @@ def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
     runtime = collect(_runtime, root.section("runtime")) if root.has("runtime") else RuntimeOptions()
     if body is not None and any(body.has(key) for key in _RUNTIME_KEYS):
         runtime = collect(_runtime, body)
+    rules = ("rules", "actions") if body is not None and body.path == "validation" else ()
     body and collect(body.done, ("source", "transformations", "destination", "destinations", "processors",
-                                 "sinks", "chunk_size", *_RUNTIME_KEYS))
+                                 "sinks", "chunk_size", *rules, *_RUNTIME_KEYS))
+    steps = _with_validation(root, steps, ctx, collect)
+    sinks = destination if isinstance(destination, tuple) else (destination,)
+    steps = _bound_to_destination(steps, sinks)
+    alerts = _alerts(root, collect)
     schedule = collect(lambda: root.get("schedule", None, types=dict))
     pricing = collect(lambda: root.get("pricing", None, types=dict))
-    collect(root.done, ("version", "description", "metadata", "pipeline", "batch", "stream"))
-    sinks = destination if isinstance(destination, tuple) else (destination,)
+    collect(root.done, ("version", "description", "metadata", "pipeline", "batch", "stream", "validation",
+                        "alerts"))
     if not collect.errors:
         for sink in sinks:
             collect.errors.extend(check_pipeline(source, steps, sink, paths))
@@ -436,11 +448,44 @@ def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
     return PipelineSpec(name=name, source=source, transformations=steps, destination=sinks[0], sinks=sinks,
                         runtime=runtime, schedule=schedule, pricing=pricing, digest=_digest(data), raw=data,
                         kind="stream" if stream else "batch", window=stream.window if stream else None,
-                        after=stream.after if stream else ())
+                        after=stream.after if stream else (), alerts=alerts)
+
+
+def _with_validation(root: Section, steps: tuple, ctx: SpecContext, collect: _Collected) -> tuple:
+    """The seed's top-level ``validation: {rules, actions}`` is a validation step (id
+    ``validation``) after the transformations, beside ``pipeline:`` / ``batch:`` /
+    ``stream:`` or as the spec's body (``validation: {source, rules, actions,
+    destination}``)."""
+    if not root.has("validation"):
+        return steps
+    from .transforms.validate import ValidateStep
+
+    section = root.section("validation")
+    step = collect(ValidateStep.from_validation, section, ctx)
+    collect(section.done, ("source", "transformations", "destination", "destinations", *_RUNTIME_KEYS))
+    return steps if step is None else (*steps, step)
+
+
+def _bound_to_destination(steps: tuple, sinks: tuple) -> tuple:
+    """Steps that default a connection to the destination's (a foreign-key rule's
+    reference table) get the first database sink's URL."""
+    url = next((getattr(s, "url", None) for s in sinks if getattr(s, "url", None)), None)
+    return tuple(s.bind_destination(url) if url and hasattr(s, "bind_destination") else s for s in steps)
+
+
+def _alerts(root: Section, collect: _Collected):
+    from .alerts import AlertOptions   # here: alerts reads specs
+
+    if not root.has("alerts"):
+        return AlertOptions()
+    return collect(lambda: AlertOptions.from_spec(root.section("alerts"))) or AlertOptions()
 
 
 def parse_file(path: str) -> PipelineSpec:
-    return parse(load_file(path), base_dir=os.path.dirname(os.path.abspath(path)))
+    import dataclasses
+
+    spec = parse(load_file(path), base_dir=os.path.dirname(os.path.abspath(path)))
+    return dataclasses.replace(spec, spec_file=os.path.abspath(path))
 
 
 def parse_any(spec: "str | os.PathLike | Mapping[str, Any] | PipelineSpec") -> PipelineSpec:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from .. import events as ev
+from .. import quality
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class Run:
     watermark: Any = None
     error: str | None = None
     failed_partitions: tuple = ()            # partitions the source could not read
+    flagged: int = 0                         # loaded with the quality rules they broke
+    enriched: int = 0                        # given fields by an enrichment lookup
+    quality: dict | None = None              # the validation steps' report, folded over the batches
+    trigger: str = "manual"                  # manual | schedule | redrive | ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,9 @@ def _on_run(run: Run, event: ev.Event) -> Run:
                        rejected=run.rejected + event.rejected, bytes=run.bytes + event.bytes)
     if isinstance(event, ev.BatchTransformed):
         return replace(run, transformed=run.transformed + event.rows_out, rejected=run.rejected + event.rejected,
-                       filtered=run.filtered + event.filtered, steps=_merge_steps(run.steps, event.steps))
+                       filtered=run.filtered + event.filtered, steps=_merge_steps(run.steps, event.steps),
+                       flagged=run.flagged + event.flagged, enriched=run.enriched + event.enriched,
+                       quality=quality.merge(run.quality, event.quality) if event.quality else run.quality)
     if isinstance(event, ev.BatchLoaded):
         return replace(run, loaded=run.loaded + event.rows, rejected=run.rejected + event.failed,
                        batches=run.batches + 1, last_commit_at=event.at)
@@ -108,7 +115,7 @@ def evolve(state: Runs, event: ev.Event | ev.RecordedEvent) -> Runs:
         return replace(state, watermarks={**state.watermarks, event.pipeline: {}})
     if isinstance(event, ev.RunStarted):
         run = Run(pipeline=event.pipeline, run_id=event.run_id, started_at=event.at,
-                  watermark=state.watermarks.get(event.pipeline, {}))
+                  watermark=state.watermarks.get(event.pipeline, {}), trigger=event.trigger)
         return replace(state, by_id={**state.by_id, event.run_id: run}, order=state.order + (event.run_id,))
     run_id = getattr(event, "run_id", None)
     run = state.by_id.get(run_id)
@@ -147,6 +154,15 @@ def summary(run: Run, watermark_view=None) -> dict:
         "steps": [{"id": s[0], "recordsIn": s[1], "recordsOut": s[2], "durationMs": round(s[3], 1),
                    "success": s[4]} for s in run.steps],
     }
+    if run.flagged:
+        out["recordsFlagged"] = run.flagged
+    if run.enriched:
+        out["recordsEnriched"] = run.enriched
+    if run.trigger != "manual":
+        out["trigger"] = run.trigger
+    if run.quality:
+        out["quality"] = {**{k: run.quality[k] for k in quality.COUNTS},
+                          "rules": {rule: stats["violations"] for rule, stats in run.quality["rules"].items()}}
     if run.failed_partitions:
         out["partitionsFailed"] = list(run.failed_partitions)
     if run.error:

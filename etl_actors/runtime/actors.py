@@ -209,8 +209,8 @@ class SupervisorActor:
         return repr(self.supervisor)
 
     async def run(self, trigger: str = "manual", run_id: str | None = None, reset: bool = False,
-                  force: bool = False, until_idle: float | None = None) -> dict:
-        return await self.supervisor.run(trigger, run_id, reset, force, until_idle)
+                  force: bool = False, until_idle: float | None = None, redrive: dict | None = None) -> dict:
+        return await self.supervisor.run(trigger, run_id, reset, force, until_idle, redrive)
 
     @ray.method(concurrency_group="control")
     async def status(self) -> dict:

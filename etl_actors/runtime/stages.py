@@ -13,8 +13,12 @@ from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
+from .. import quality
 from ..batch import DeadLetter, SourceBatch, StepResult, table_digest
 from ..errors import StepFailed, first_line
+from ..transforms.base import StepContext
+
+FLAGS_COLUMN = "_quality_flags"
 
 
 class Stage:
@@ -44,6 +48,11 @@ class Extractor(Stage):
     def __repr__(self) -> str:
         return f"Extractor[{self.pipeline}#{self.index}]"
 
+    def use_source(self, source: Any) -> None:
+        """Read ``source`` instead of the pipeline's until the next run (a redrive reads
+        the dead-letter store)."""
+        self.source = source
+
     def open(self, partition: str, position: Any) -> None:
         """Start reading ``partition`` after ``position``."""
         self._partition = partition
@@ -61,6 +70,8 @@ class Extractor(Stage):
         report = {"batch_id": batch.batch_id, "partition": batch.partition, "position": batch.position,
                   "rows": batch.table.num_rows, "bytes": int(batch.table.nbytes),
                   "rejected": len(batch.rejects), "reject_reason": _first_reason(batch.rejects)}
+        if batch.resume_at is not None:
+            report.update(resume_at=batch.resume_at, letter_ids=list(batch.letter_ids))
         return report, batch.table
 
 
@@ -96,8 +107,13 @@ class Transformer(Stage):
     def __repr__(self) -> str:
         return f"Transformer[{self.pipeline}#{self.index}]"
 
-    def apply(self, table: pa.Table, batch_id: str, run_id: str) -> tuple[pa.Table, dict]:
-        table, report = self._run_steps(self.before, table, batch_id, run_id)
+    def apply(self, table: pa.Table, batch_id: str, run_id: str, start: str | None = None) -> tuple[pa.Table, dict]:
+        """The steps before the blocking one (from step ``start`` on, for a redrive)."""
+        steps = self.before
+        if start is not None:
+            ids = [s.id for s in steps]
+            steps = steps[ids.index(start):] if start in ids else ()
+        table, report = self._run_steps(steps, table, batch_id, run_id)
         if self.blocking is not None:
             table = self._timed_partial(table, report)
         return table, report
@@ -126,17 +142,24 @@ class Transformer(Stage):
         return partial
 
     def _run_steps(self, steps, table: pa.Table, batch_id: str, run_id: str) -> tuple[pa.Table, dict]:
-        report = {"rows_in": table.num_rows, "steps": [], "rejected": 0, "skipped": [], "reasons": []}
+        """Run ``steps`` in order. Every row in ends as kept (possibly flagged or
+        enriched), rejected (a dead letter) or filtered; the report counts each."""
+        report = {"rows_in": table.num_rows, "steps": [], "rejected": 0, "skipped": [], "reasons": [],
+                  "enriched": 0, "flagged": 0, "quality": {}}
+        ctx = StepContext(self.pipeline, run_id, batch_id, self.log_url)
         for step in steps:
-            table = self._run_step(step, table, batch_id, run_id, report)
+            table = self._run_step(step, table, ctx, report)
         report["rows_out"] = table.num_rows
         report["filtered"] = report["rows_in"] - report["rows_out"] - report["rejected"]
+        report["flagged"] = flagged_rows(table, report["flagged"])
+        report["quality"] = quality.of_steps(report["quality"])
         return table, report
 
-    def _run_step(self, step, table: pa.Table, batch_id: str, run_id: str, report: dict) -> pa.Table:
+    def _run_step(self, step, table: pa.Table, ctx: "StepContext", report: dict) -> pa.Table:
         started = time.perf_counter()
+        batch_id, run_id = ctx.batch_id, ctx.run_id
         try:
-            result: StepResult = step.apply(table)
+            result: StepResult = step.apply_batch(table, ctx)
         except Exception as exc:  # noqa: BLE001 - the step's own failure, reported by id
             error = first_line(exc, with_type=True)
             if step.required:
@@ -147,15 +170,20 @@ class Transformer(Stage):
                                                  success=False, error=error))
             return table
         if result.rejects:
-            self._put_rejects(f"transform:{step.id}", result.rejects, batch_id, run_id)
+            self._put_rejects(f"transform:{step.id}", result.rejects, batch_id, run_id, table.schema)
             report["rejected"] += len(result.rejects)
             report["reasons"].append(result.rejects[0].reason)
+        report["enriched"] += result.enriched
+        report["flagged"] += result.flagged
+        if result.quality:
+            report["quality"][step.id] = result.quality
         report["steps"].append(_step_metrics(step.id, table.num_rows, result.table.num_rows, started))
         return result.table
 
 
-    def _put_rejects(self, stage: str, rejects: Sequence[DeadLetter], batch_id: str, run_id: str) -> None:
-        _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, stage, rejects)
+    def _put_rejects(self, stage: str, rejects: Sequence[DeadLetter], batch_id: str, run_id: str,
+                     schema: pa.Schema | None = None) -> None:
+        _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, stage, rejects, schema)
 
 
 def _step_metrics(step_id: str, rows_in: int, rows_out: int, started: float, success: bool = True,
@@ -191,10 +219,13 @@ class Loader(Stage):
         return self._writer
 
     def load(self, table: pa.Table, batch_id: str, run_id: str) -> dict:
-        result = self.writer.write(table, batch_id)
+        writer = self.writer
+        writer.run_id = run_id
+        result = writer.write(table, batch_id)
         if result.dead_letters:
             stage = "load" if self.index == 0 else f"load:{self.index}"
-            _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, stage, result.dead_letters)
+            _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch_id, stage, result.dead_letters,
+                                                table.schema)
         return {"batch_id": batch_id, "loaded": result.loaded, "failed": result.failed,
                 "duplicate": result.duplicate, "bytes": int(table.nbytes),
                 "reason": result.dead_letters[0].reason if result.dead_letters else ""}
@@ -206,6 +237,15 @@ class Loader(Stage):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def flagged_rows(table: pa.Table, counted: int) -> int:
+    """How many rows of the chain's output carry quality flags: the non-null
+    ``_quality_flags`` (a row flagged then dropped by a later filter is not loaded
+    flagged); ``counted``, the steps' own count, when the column is not there."""
+    if FLAGS_COLUMN not in table.column_names:
+        return counted
+    return table.num_rows - table.column(FLAGS_COLUMN).null_count
 
 
 def content_id(prefix: str, table: pa.Table) -> str:

@@ -44,7 +44,8 @@ class StreamRun:
 
     async def execute(self) -> None:
         sup, spec = self.sup, self.spec
-        sup.append(ev.RunRequested(pipeline=spec.name, run_id=self.run_id, trigger=self.trigger))
+        sup.append(ev.RunRequested(pipeline=spec.name, run_id=self.run_id, trigger=self.trigger,
+                                   spec=spec.spec_file))
         requested_at, partitions = ev.now(), []
         try:
             partitions = await self._retrying("source", lambda: asyncio.to_thread(spec.source.partitions,

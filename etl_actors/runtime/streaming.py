@@ -34,7 +34,8 @@ class _Chain(Transformer):
         super().__init__(pipeline, steps, log_url, index)
         self.partition, self.letters = "", []
 
-    def _put_rejects(self, stage: str, rejects: Sequence[DeadLetter], batch_id: str, run_id: str) -> None:
+    def _put_rejects(self, stage: str, rejects: Sequence[DeadLetter], batch_id: str, run_id: str,
+                     schema=None) -> None:
         self.letters += by_offset(stage, self.partition, rejects)
 
 

@@ -19,6 +19,7 @@ import uuid
 from collections import deque
 from typing import Any, Mapping, Protocol
 
+from .. import alerts
 from .. import events as ev
 from ..batch import DeadLetter, jsonable
 from ..errors import ConcurrencyError, EtlError, LeaseLost, TerminalError, first_line
@@ -99,6 +100,9 @@ class PipelineSupervisor:
         self.log_cost = [0, 0.0]            # events appended and seconds spent appending, this run
         self._current: str | None = None
         self.lease, self._heartbeat, self._lease_lost = None, None, None
+        self.alert_options = spec.alerts or alerts.AlertOptions()
+        self._deliveries: set[asyncio.Task] = set()
+        self._deciding = False
         self.recover()
 
     def __repr__(self) -> str:
@@ -116,6 +120,7 @@ class PipelineSupervisor:
         self.watermarks = watermarks_projection.project(recorded)
         self.runs = runs_projection.project(recorded)
         self.checkpoint = streams_projection.project(recorded)
+        self.alerts = alerts.project(recorded, self.spec.name, self.alert_options)
 
     def append(self, *events: ev.Event, snapshot: tuple | None = None, letters: tuple | None = None) -> None:
         """Append to the stream at the version this supervisor holds, fenced by its
@@ -128,16 +133,59 @@ class PipelineSupervisor:
                                        snapshot=snapshot, letters=letters)
         self.log_cost[0] += len(events)
         self.log_cost[1] += time.perf_counter() - started
+        failed = 0
         for event in events:
             self.watermarks = watermarks_projection.evolve(self.watermarks, event)
             self.runs = runs_projection.evolve(self.runs, event)
             self.checkpoint = streams_projection.evolve(self.checkpoint, event)
+            self.alerts = alerts.evolve(self.alerts, event, self.alert_options)
+            failed += alerts.failures(event)
+        if (failed or self.alerts.open is not None) and not self._deciding:
+            self._alert()
         for event in events:
             for listener in self.listeners:
                 try:
                     listener(event)
                 except Exception as exc:  # noqa: BLE001 - metrics and logs are best effort
                     print(f"etl-actors: listener {listener!r} failed on {event.type}: {exc!r}", file=sys.stderr)
+
+    # --- alerts ----------------------------------------------------------------------
+
+    def _alert(self) -> None:
+        """Raise an alert once failures in the window pass the threshold, resolve it
+        when they fall below (appended as facts), and post either to the webhook in
+        the background."""
+        opened = self.alerts.open
+        decision = alerts.decide(self.alerts, self.spec.name, time.time(), self.alert_options)
+        if decision is None:
+            return
+        self._deciding = True
+        try:
+            self.append(decision)
+        finally:
+            self._deciding = False
+        webhook = self.alert_options.webhook
+        if webhook:
+            raised = opened if isinstance(decision, ev.AlertResolved) else None
+            try:
+                task = asyncio.get_running_loop().create_task(self._deliver(webhook, decision, raised))
+            except RuntimeError:   # no loop here (a synchronous caller): deliver at once
+                asyncio.run(self._deliver(webhook, decision, raised))
+                return
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, webhook: str, alert, raised) -> None:
+        delivered = await alerts.deliver(webhook, alert, raised=raised)
+        try:
+            self.append(delivered)
+        except EtlError:
+            pass   # the run ended and another holds the log: the receipt is the webhook's
+
+    async def _delivered(self, timeout: float = 30.0) -> None:
+        """Wait (a while) for the alert webhooks still being posted."""
+        if self._deliveries:
+            await asyncio.wait(set(self._deliveries), timeout=timeout)
 
     # --- the lease ------------------------------------------------------------------
 
@@ -217,9 +265,20 @@ class PipelineSupervisor:
         else:
             message = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
         try:
-            self.append(ev.RunFailed(run_id=run_id, error=message or type(exc).__name__, metrics=metrics()))
+            self.append(*self.quality_report(run_id),
+                        ev.RunFailed(run_id=run_id, error=message or type(exc).__name__, metrics=metrics()))
         except ConcurrencyError:
             pass
+
+    def quality_report(self, run_id: str) -> list[ev.Event]:
+        """The run's ``QualityReported`` (folded from its batches), when a validation
+        step ran; appended just before the run's end."""
+        run = self.runs.by_id.get(run_id)
+        if run is None or not run.quality:
+            return []
+        q = run.quality
+        return [ev.QualityReported(run_id=run_id, total=q["total"], passed=q["passed"], failed=q["failed"],
+                                   warnings=q["warnings"], rules=q["rules"])]
 
     # --- control --------------------------------------------------------------------
 
@@ -246,9 +305,11 @@ class PipelineSupervisor:
     # --- a run ----------------------------------------------------------------------
 
     async def run(self, trigger: str = "manual", run_id: str | None = None, reset: bool = False,
-                  force: bool = False, until_idle: float | None = None) -> dict:
+                  force: bool = False, until_idle: float | None = None, redrive: dict | None = None) -> dict:
         """Run the pipeline once from its committed watermark (from the very start of
-        the source with ``reset``); return the run summary.
+        the source with ``reset``); return the run summary. With ``redrive``
+        (``{"run": id or None, "stage": stage or None}``) the run reads the pending
+        dead letters instead (trigger ``redrive``); see :mod:`etl_actors.sources.dead_letters`.
 
         Raises :class:`~etl_actors.errors.LeaseHeld` (and runs nothing) while another
         run of the pipeline holds a live lease, unless ``force``."""
@@ -265,12 +326,15 @@ class PipelineSupervisor:
 
                 await StreamRun(self, run_id, trigger, until_idle).execute()
             else:
-                await _Run(self, run_id, trigger).execute()
+                await _Run(self, run_id, trigger, self._redrive_source(redrive)).execute()
         except ConcurrencyError:
             pass  # fenced out before the run began: the summary below says what the log says
         finally:
             self._current = None
-            self._release_lease()
+            try:
+                await self._delivered()
+            finally:
+                self._release_lease()
         if self._lease_lost is not None or run_id not in self.runs.by_id:
             self.recover()      # taken over: the new holder recorded how this run ended
         if run_id not in self.runs.by_id:
@@ -282,12 +346,30 @@ class PipelineSupervisor:
     def summary(self, run_id: str) -> dict:
         return runs_projection.summary(self.runs.by_id[run_id], self.spec.source.view_watermark)
 
+    def _redrive_source(self, redrive: dict | None):
+        """The dead-letter store as the source of a redrive run: the stages the current
+        spec can take letters back at are the loaders and the steps before any
+        blocking one (a letter of a step no longer in the spec waits)."""
+        if redrive is None:
+            return None
+        from ..sources.dead_letters import DeadLetterSource
+
+        before, blocking, _ = split_chain(self.spec.transformations)
+        stages = ["load"] + [f"load:{i}" for i in range(1, len(self.spec.sinks))]
+        if blocking is None:   # into an aggregate, letters would make an aggregate of themselves alone
+            stages += [f"transform:{s.id}" for s in before]
+        return DeadLetterSource(log_url=self.log_url, pipeline=self.spec.name, run_id=redrive.get("run"),
+                                stage=redrive.get("stage"), stages=tuple(stages),
+                                until_id=self.log.last_dead_letter_id(self.spec.name))
+
 
 class _Run:
     """One run's moving parts; lives only while the run does."""
 
-    def __init__(self, sup: PipelineSupervisor, run_id: str, trigger: str):
+    def __init__(self, sup: PipelineSupervisor, run_id: str, trigger: str, redrive_source=None):
         self.sup, self.spec, self.run_id, self.trigger = sup, sup.spec, run_id, trigger
+        self.redrive = redrive_source is not None
+        self.source = redrive_source if self.redrive else self.spec.source
         self.children: Children = sup.children
         self.before, self.blocking, self.after = split_chain(self.spec.transformations)
         self.deferred = self.blocking is not None or any(s.commits_at_finish for s in self.spec.sinks)
@@ -306,17 +388,18 @@ class _Run:
         """Start the children, then the clock: ``RunStarted`` is appended once every
         child is up, so a run's duration is its work, not its actors' start-up."""
         sup, spec = self.sup, self.spec
-        sup.append(ev.RunRequested(pipeline=spec.name, run_id=self.run_id, trigger=self.trigger))
+        sup.append(ev.RunRequested(pipeline=spec.name, run_id=self.run_id, trigger=self.trigger,
+                                   spec=spec.spec_file))
         requested_at, partitions, total = ev.now(), [], None
         watermark = dict(sup.watermarks)
 
         def started(at: float) -> ev.RunStarted:
             return ev.RunStarted(pipeline=spec.name, run_id=self.run_id, epoch=sup.epoch, watermark=watermark,
-                                 partitions=list(partitions), total_bytes=total, at=at)
+                                 partitions=list(partitions), total_bytes=total, at=at, trigger=self.trigger)
 
         try:  # listing the source may fail too (a missing folder): that is a failed run
-            partitions = spec.source.partitions(sup.watermarks)
-            sizes = [spec.source.estimate_bytes(p) for p in partitions]
+            partitions = self.source.partitions({} if self.redrive else sup.watermarks)
+            sizes = [self.source.estimate_bytes(p) for p in partitions]
             total = sum(sizes) if partitions and all(s is not None for s in sizes) else None
             await self._start_children(len(partitions))
             sup.append(started(ev.now()))
@@ -337,6 +420,9 @@ class _Run:
         await self.children.start({"extractor": self.n_extractors, "transformer": n_transformers,
                                    "loader": len(self.spec.sinks)})
         self.transformer_load = [0] * n_transformers
+        if self.redrive:
+            for i in range(self.n_extractors):
+                await self.children.call("extractor", i, "use_source", self.source)
 
     async def _execute(self, partitions: list[str]) -> None:
         runtime = self.spec.runtime
@@ -350,19 +436,20 @@ class _Run:
             count = len(self.failed_partitions)
             raise TerminalError(("" if count == 1 else f"{count} partitions could not be read: ")
                                 + "; ".join(self.failed_partitions))
-        if self.blocking is not None:
+        if self.blocking is not None and not self.redrive:
             await self._finish_blocking()
         self.sup.append(ev.PhaseStarted(run_id=self.run_id, phase="finish"))
         await asyncio.gather(*(self._call("loader", i, lambda i=i: self.children.call("loader", i, "finish"))
                                for i in range(len(self.spec.sinks))))
-        if self.deferred:
+        if self.deferred and not self.redrive:
             self.sup.append(*[ev.WatermarkCommitted(run_id=self.run_id, partition=p, position=pos,
                                                     done=_is_done(pos))
                               for p, pos in self.last_loaded.items()])
         if self.sup._stopping:
             self.sup._stopping = False
             raise EtlError(f"{self.sup._stop_reason}: ended after the batches in flight were committed")
-        self.sup.append(ev.RunSucceeded(run_id=self.run_id, metrics=self._metrics()))
+        self.sup.append(*self.sup.quality_report(self.run_id), ev.RunSucceeded(run_id=self.run_id,
+                                                                              metrics=self._metrics()))
 
     def _metrics(self) -> dict:
         return runs_projection.summary(self.sup.runs.by_id[self.run_id])
@@ -390,7 +477,7 @@ class _Run:
     async def _read(self, index: int, queue: deque) -> None:
         while queue and not self.sup._stopping and self.failure is None:
             partition = queue.popleft()
-            position = self.sup.watermarks.get(partition)
+            position = None if self.redrive else self.sup.watermarks.get(partition)
             self.commits[partition] = PartitionCommits()
             try:
                 await self._call("extractor", index, lambda: self._open(index, partition, position))
@@ -407,7 +494,7 @@ class _Run:
         dead letter of stage ``extract`` and the run can succeed; otherwise the run fails
         once the others are done, naming it."""
         reason = str(exc)
-        skipped = self.spec.source.error_handling == "continue"
+        skipped = self.source.error_handling == "continue"
         if skipped:
             letter = DeadLetter(reason, {"_file": partition, "_position": jsonable(position)})
             self.sup.log.put_dead_letters(self.spec.name, self.run_id, f"{partition}@{self.run_id}", "extract",
@@ -471,12 +558,19 @@ class _Run:
     # --- transform and load -----------------------------------------------------------
 
     async def _process(self, report: dict, ref: Any) -> None:
-        batch_id = report["batch_id"]
+        batch_id, resume_at = report["batch_id"], report.get("resume_at")
+        if resume_at is not None and resume_at.startswith("load"):   # a redriven letter of a sink
+            sink = int(resume_at.partition(":")[2] or 0)
+            result = await self._call("loader", sink, lambda: self.children.call(
+                "loader", sink, "load", ref, batch_id, self.run_id))
+            self._loaded(report, result)
+            return
+        start = resume_at.partition(":")[2] if resume_at is not None else None
         t = self.transformer_load.index(min(self.transformer_load))
         self.transformer_load[t] += 1
         try:
             out, tr = await self._call("transformer", t, lambda: self.children.call(
-                "transformer", t, "apply", ref, batch_id, self.run_id, returns=2, resolve=1))
+                "transformer", t, "apply", ref, batch_id, self.run_id, start, returns=2, resolve=1))
         finally:
             self.transformer_load[t] -= 1
         self._transformed(batch_id, tr)
@@ -489,7 +583,8 @@ class _Run:
     def _transformed(self, batch_id: str, tr: dict) -> None:
         events: list[ev.Event] = [ev.BatchTransformed(
             run_id=self.run_id, batch_id=batch_id, rows_in=tr["rows_in"], rows_out=tr["rows_out"],
-            rejected=tr["rejected"], filtered=tr["filtered"], steps=tr["steps"])]
+            rejected=tr["rejected"], filtered=tr["filtered"], steps=tr["steps"], flagged=tr.get("flagged", 0),
+            enriched=tr.get("enriched", 0), quality=tr.get("quality") or {})]
         if tr["rejected"]:
             events.append(ev.RecordsRejected(run_id=self.run_id, batch_id=batch_id, stage="transform",
                                              count=tr["rejected"], reason=tr["reasons"][0]))
@@ -508,6 +603,13 @@ class _Run:
             if result["failed"]:
                 events.append(ev.RecordsRejected(run_id=self.run_id, batch_id=batch_id, stage="load",
                                                  count=result["failed"], reason=result.get("reason", "")))
+        if self.redrive:   # the letters leave the store; the source's watermark does not move
+            if report.get("letter_ids"):
+                events.append(ev.LettersRedriven(run_id=self.run_id, batch_id=batch_id, stage=partition,
+                                                 letter_ids=report["letter_ids"]))
+            self.sup.append(*events)
+            self.sup.log.mark_redriven(self.spec.name, report.get("letter_ids", ()), self.run_id)
+            return
         advanced, position = self.commits[partition].mark_loaded(batch_id, report["position"])
         if advanced:
             if self.deferred:
@@ -538,7 +640,8 @@ class _Run:
         batch_id = tr.get("batch_id", batch_id)
         self.sup.append(ev.BatchTransformed(run_id=self.run_id, batch_id=batch_id, rows_in=tr["rows_in"],
                                             rows_out=tr["rows_out"], rejected=tr["rejected"], filtered=0,
-                                            steps=tr["steps"]))
+                                            steps=tr["steps"], flagged=tr.get("flagged", 0),
+                                            enriched=tr.get("enriched", 0), quality=tr.get("quality") or {}))
         result = await self._load_everywhere(out, batch_id)
         self.sup.append(ev.BatchLoaded(run_id=self.run_id, batch_id=batch_id, partition="", position=None,
                                        rows=result["loaded"], failed=result["failed"], bytes=result["bytes"],
@@ -582,6 +685,8 @@ class _Run:
         self.sup.append(ev.ChildRestarted(run_id=self.run_id, child=key, reason=lost.reason, attempt=attempt))
         await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
         await self.children.restart(kind, index)
+        if kind == "extractor" and self.redrive:
+            await self.children.call(kind, index, "use_source", self.source)
 
     async def _fail(self, exc: BaseException) -> None:
         for task in self.tasks:

@@ -16,7 +16,10 @@ from ..batch import LoadResult
 
 
 class SinkWriter:
-    """An open sink in a loader process."""
+    """An open sink in a loader process. ``run_id`` is set by the loader before each
+    ``write`` (warehouse sinks stamp it on every row)."""
+
+    run_id: str = ""
 
     def write(self, table: pa.Table, batch_id: str) -> LoadResult:
         raise NotImplementedError

@@ -10,11 +10,24 @@ input: the runtime calls ``partial`` per batch and ``combine`` once at the end.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 import pyarrow as pa
 
 from ..batch import StepResult
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where a batch is being transformed: steps that keep run-wide state (the seen
+    values of a ``unique`` rule) key it by run and batch, in the event log's database
+    at ``log_url``, so a batch transformed again after a crash gets the same answer."""
+
+    pipeline: str
+    run_id: str
+    batch_id: str
+    log_url: str
 
 
 class Transform:
@@ -34,6 +47,10 @@ class Transform:
 
     def apply(self, table: pa.Table) -> StepResult:
         raise NotImplementedError
+
+    def apply_batch(self, table: pa.Table, ctx: StepContext | None) -> StepResult:
+        """``apply`` with the batch's context; the runtime calls this one."""
+        return self.apply(table)
 
     # blocking steps only
     def partial(self, table: pa.Table) -> pa.Table:
