@@ -211,6 +211,7 @@ class HttpResponse:
     headers: Mapping[str, str]
     body: bytes = field(repr=False)
     url: str
+    attempts: int = 1                   # requests sent for it (1 + the retries)
 
     def json(self) -> Any:
         """The body as JSON; TerminalError when it is not JSON."""
@@ -305,7 +306,12 @@ class HttpClient:
             attempt += 1
             await self._pace()
             try:
-                return await self._attempt(method, url, params=params, json=json, data=data, headers=sent)
+                response = await self._attempt(method, url, params=params, json=json, data=data, headers=sent)
+                response.attempts = attempt
+                return response
+            except HttpError as refused:
+                refused.attempts = refused.context["attempts"] = attempt
+                raise
             except _Retry as failure:
                 if attempt > self.options.max_retries:
                     raise self._exhausted(method, url, failure, attempt) from None

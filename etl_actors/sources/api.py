@@ -1,0 +1,465 @@
+"""A paginated REST API as a source, full or incremental by a cursor field.
+
+The seed's shape needs no more than ``{type: api, endpoint, apiKey}``: bearer auth,
+``?page=&per_page=100``, records under ``results``, ``has_more`` to go on, and with
+``incremental: true`` ``?updated_since=`` set to the committed watermark: the greatest
+``cursorField`` value (default ``updated_at``) among the records read so far.
+
+One partition, ``"api"``. Pages are the resume unit: one page is one batch, and its
+position resumes at the *next* page with the same ``since``::
+
+    {"since": "2024-03-01T00:00:00+00:00", "page": 41, "next": 42, "max": "2024-03-09T...", "complete": false}
+
+``page`` counts the pages read in this sync, ``next`` is the next page number, offset,
+cursor or link, ``max`` the greatest cursor value seen in the sync. A run killed after
+page 40 of 90 resumes at page 41. After the last page ``complete`` is true: the next
+run starts a new sync at the first page, with ``since`` = ``max`` when incremental
+(a full refresh otherwise). A position is never ``done``: the partition is read on
+every run.
+
+Pagination (``pagination: {type: ...}``, default ``page``):
+
+- ``page``: ``pageParam`` (page), ``sizeParam`` (per_page), ``size`` (100),
+  ``hasMorePath`` (has_more; when the answer has no such field, a full page means more)
+- ``offset``: ``offsetParam`` (offset), ``limitParam`` (limit), ``size`` (100),
+  ``totalPath`` (total); stops at a short page or once ``offset`` reaches the total
+- ``cursor``: ``cursorParam`` (cursor), ``nextCursorPath`` (next_cursor, dotted as in
+  ``meta.next``), optional ``sizeParam`` + ``size``; stops when there is no next cursor
+- ``link``: follows the ``Link: <url>; rel="next"`` header; optional ``sizeParam`` + ``size``
+  for the first request
+
+Records are the list at ``recordsPath`` (dotted, default ``results``); a body that is a
+JSON array is the list itself, and an item that is not an object is read as
+``{"value": item}``. A path that is not in the answer fails the page (a typo must not
+read as "no records"); a null there is an empty page. Every sync stops at an empty page;
+an empty page that ends a sync already under way is still a batch (no rows; the
+previous page's columns when this read saw one, else none), so that its position
+completes the sync.
+
+Records become Arrow columns by name (keys missing from a record are nulls); nested
+objects stay structs. A column whose values Arrow cannot hold in one type (an ``id``
+that is a number in one record and text in another) becomes text for that page:
+strings as they are, other values as JSON.
+
+Failures: 408, 429, 5xx, timeouts and dropped connections are retried by the HTTP
+client (``maxRetries``, honouring ``Retry-After``). Retries run out, a refused request
+(401: "authentication refused"), malformed JSON or a missing records list stop the
+partition with a TerminalError naming the page (``page 41 of https://host/path: HTTP
+500 after 5 retries``); with ``errorHandling: continue`` the run records it as a dead
+letter of stage ``extract`` instead, and the committed position stays before that page.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, ClassVar, Iterator, Mapping
+from urllib.parse import urljoin
+
+import pyarrow as pa
+from yarl import URL
+
+from ..batch import SourceBatch, table_digest
+from ..errors import SpecError, TerminalError, describe as describe_value
+from ..http import HttpClient, HttpError, HttpOptions, run_sync
+from ..redaction import is_secret_name, redact_headers, redact_url, remember, remember_url
+from ..spec import Section, camel, substitute_env
+from .base import Source
+
+PARTITION = "api"
+PAGINATIONS = ("page", "offset", "cursor", "link")
+
+
+# --- pagination strategies ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PagePagination:
+    """``?page=n&per_page=size`` from page 1; go on while ``has_more``."""
+
+    page_param: str = "page"
+    size_param: str = "per_page"
+    size: int = 100
+    has_more_path: str = "has_more"
+
+    def first(self) -> Any:
+        return 1
+
+    def params(self, key: Any) -> dict:
+        return {self.page_param: key, self.size_param: self.size}
+
+    def following(self, key: Any, body: Any, records: list, links: dict) -> Any:
+        more = dig(body, self.has_more_path)
+        more = len(records) >= self.size if more is None else bool(more)
+        return key + 1 if more else None
+
+
+@dataclass(frozen=True)
+class OffsetPagination:
+    """``?offset=n&limit=size`` from 0; stop at a short page or at the total."""
+
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    size: int = 100
+    total_path: str | None = "total"
+
+    def first(self) -> Any:
+        return 0
+
+    def params(self, key: Any) -> dict:
+        return {self.offset_param: key, self.limit_param: self.size}
+
+    def following(self, key: Any, body: Any, records: list, links: dict) -> Any:
+        following = key + len(records)
+        total = dig(body, self.total_path) if self.total_path else None
+        if len(records) < self.size or (isinstance(total, int) and following >= total):
+            return None
+        return following
+
+
+@dataclass(frozen=True)
+class CursorPagination:
+    """``?cursor=<the previous page's next cursor>``; stop when there is none."""
+
+    cursor_param: str = "cursor"
+    next_cursor_path: str = "next_cursor"
+    size_param: str | None = None
+    size: int | None = None
+
+    def first(self) -> Any:
+        return None
+
+    def params(self, key: Any) -> dict:
+        sized = {self.size_param: self.size} if self.size_param and self.size else {}
+        return {**sized, **({self.cursor_param: key} if key is not None else {})}
+
+    def following(self, key: Any, body: Any, records: list, links: dict) -> Any:
+        cursor = dig(body, self.next_cursor_path)
+        if cursor in (None, "") or cursor == key:
+            return None
+        return cursor if isinstance(cursor, (str, int)) else json.dumps(cursor)
+
+
+@dataclass(frozen=True)
+class LinkPagination:
+    """Follow the ``Link: <url>; rel="next"`` header (RFC 8288)."""
+
+    size_param: str | None = None
+    size: int | None = None
+
+    def first(self) -> Any:
+        return None
+
+    def params(self, key: Any) -> dict:
+        return {self.size_param: self.size} if key is None and self.size_param and self.size else {}
+
+    def following(self, key: Any, body: Any, records: list, links: dict) -> Any:
+        return links.get("next")
+
+
+def _pagination(section) -> Any:
+    """The strategy described by ``pagination``: a type name or a mapping."""
+    raw = section.get("pagination", None, types=(str, dict))
+    if raw is None:
+        return PagePagination()
+    if isinstance(raw, str) and raw not in PAGINATIONS:
+        raise SpecError(section.at("pagination"), f"{raw!r} is not one of {', '.join(PAGINATIONS)}")
+    pag = Section({"type": raw} if isinstance(raw, str) else raw, section.at("pagination"))
+    built = _BUILDERS[pag.get("type", "page", types=str, choices=PAGINATIONS)](pag)
+    pag.done()
+    return built
+
+
+def _name(pag, key: str, default: str | None) -> str | None:
+    return pag.get(key, default, types=str, check=lambda v: None if v.strip() else "is empty")
+
+
+_BUILDERS = {
+    "page": lambda p: PagePagination(_name(p, "page_param", "page"), _name(p, "size_param", "per_page"),
+                                     p.positive_int("size", 100), _name(p, "has_more_path", "has_more")),
+    "offset": lambda p: OffsetPagination(_name(p, "offset_param", "offset"), _name(p, "limit_param", "limit"),
+                                         p.positive_int("size", 100), _name(p, "total_path", "total")),
+    "cursor": lambda p: CursorPagination(_name(p, "cursor_param", "cursor"),
+                                         _name(p, "next_cursor_path", "next_cursor"),
+                                         _name(p, "size_param", None), p.positive_int("size", None)),
+    "link": lambda p: LinkPagination(_name(p, "size_param", None), p.positive_int("size", None)),
+}
+
+
+# --- the source -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ApiSource(Source):
+    """Pages of records from ``endpoint``; see the module docstring."""
+
+    type: ClassVar[str] = "api"
+
+    endpoint: str = field(repr=False)
+    http: HttpOptions = HttpOptions()
+    pagination: Any = PagePagination()
+    records_path: str = "results"
+    params: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    incremental: bool = False
+    cursor_field: str = "updated_at"
+    since_param: str = "updated_since"
+    initial_watermark: str | None = None
+    error_handling: str = "fail"
+
+    def __post_init__(self):
+        if not str(self.endpoint).startswith(("http://", "https://")):
+            raise SpecError("endpoint", f"expected an http:// or https:// URL, got {redact_url(self.endpoint)!r}")
+        remember_url(self.endpoint)
+        if self.error_handling not in ("fail", "continue"):
+            raise SpecError("errorHandling", f"{self.error_handling!r} is not one of fail, continue")
+        remember(*(value for name, value in self.params if is_secret_name(name)))
+
+    def __reduce__(self):      # built again where it is unpickled, so its secrets are remembered there
+        return _rebuild, (type(self), {f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_spec(cls, section, ctx) -> "ApiSource":
+        section.get("type", types=str)
+        endpoint = substitute_env(section.get("endpoint", types=str), section.at("endpoint"))
+        http = HttpOptions.from_spec(section, ctx, rate_limit_delay_ms=100.0)
+        initial = section.get("initial_watermark", None, types=(str, int, float))
+        try:
+            source = cls(endpoint=endpoint, http=http, pagination=_pagination(section),
+                         records_path=section.get("records_path", "results", types=str),
+                         params=_params(section),
+                         incremental=section.get("incremental", False, types=bool),
+                         cursor_field=section.get("cursor_field", "updated_at", types=str),
+                         since_param=section.get("since_param", "updated_since", types=str),
+                         initial_watermark=None if initial is None else str(initial),
+                         error_handling=section.get("error_handling", "fail", types=str,
+                                                    choices=("fail", "continue")))
+        except SpecError as exc:
+            raise SpecError(section.at(exc.path) if not exc.path.startswith(section.path) else exc.path,
+                            exc.reason) from None
+        section.done()
+        return source
+
+    def partitions(self, watermark: Mapping[str, Any]) -> list[str]:
+        return [PARTITION]
+
+    def read(self, partition: str, position: Any | None) -> Iterator[SourceBatch]:
+        """The pages after ``position``, one batch each (see the module docstring)."""
+        sync = _Sync.resume(self, position)
+        client = HttpClient(self.http)
+        try:
+            while sync is not None:
+                batch, sync = run_sync(self._page(client, partition, sync))
+                if batch is not None:
+                    yield batch
+        finally:
+            _close_quietly(client)
+
+    async def _page(self, client: HttpClient, partition: str, sync: "_Sync") -> tuple:
+        """Fetch the page ``sync`` points at: ``(batch or None, the sync after it or None)``."""
+        url, query = self._request(sync)
+        number = sync.page + 1
+        try:
+            response = await client.request("GET", url, params=query)
+        except HttpError as exc:
+            detail = f": {exc.excerpt}" if exc.excerpt and exc.status not in (401, 403) \
+                and not exc.retryable_status else ""
+            raise TerminalError(f"page {number} of {self.where}: {exc.reason}{detail}", partition=partition,
+                                status=exc.status) from None
+        try:
+            body = json.loads(response.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TerminalError(f"page {number} of {self.where}: malformed JSON ({exc})", partition=partition) \
+                from None
+        records = self._records(body, number, partition)
+        following = self.pagination.following(sync.next, body, records, _links(response, url))
+        if isinstance(self.pagination, LinkPagination) and following is not None and self.params:
+            following = str(URL(following).without_query_params(*dict(self.params)))   # re-added per request
+        return sync.after(self, records, following, partition)
+
+    def _request(self, sync: "_Sync") -> tuple[str, dict]:
+        own = dict(self.params)
+        if isinstance(self.pagination, LinkPagination) and sync.next is not None:
+            return str(URL(sync.next).update_query(own)), {}
+        since = {self.since_param: sync.since} if self.incremental and sync.since is not None else {}
+        return self.endpoint, {**own, **since, **self.pagination.params(sync.next)}
+
+    def _records(self, body: Any, number: int, partition: str) -> list:
+        records = body if isinstance(body, list) else dig(body, self.records_path)
+        if records is None and isinstance(body, Mapping) and _has_path(body, self.records_path):
+            return []
+        if not isinstance(records, list):
+            got = f"keys {', '.join(map(str, body))}" if isinstance(body, Mapping) else describe_value(body)
+            raise TerminalError(f"page {number} of {self.where}: expected a list of records at "
+                                f"{self.records_path!r}, got {describe_value(records) if records is not None else got}",
+                                partition=partition)
+        return [r if isinstance(r, Mapping) else {"value": r} for r in records]
+
+    @property
+    def where(self) -> str:
+        return redact_url(self.endpoint)
+
+    def view_watermark(self, watermark: Mapping[str, Any]) -> Any:
+        """``{"updatedSince": ..., "next": ...}``: what the next run sends and where it starts."""
+        sync = _Sync.resume(self, watermark.get(PARTITION))
+        return {"updatedSince": sync.since if self.incremental else None, "page": sync.page + 1, "next": sync.next}
+
+    def describe(self) -> dict:
+        pagination = {"type": _KIND[type(self.pagination)],
+                      **{camel(k): v for k, v in asdict(self.pagination).items()}}
+        return {"type": self.type, "endpoint": self.where, "pagination": pagination,
+                "recordsPath": self.records_path, "params": redact_headers(self.params),
+                "incremental": self.incremental, "cursorField": self.cursor_field if self.incremental else None,
+                "sinceParam": self.since_param if self.incremental else None,
+                "errorHandling": self.error_handling, "http": self.http.describe()}
+
+
+_KIND = {PagePagination: "page", OffsetPagination: "offset", CursorPagination: "cursor", LinkPagination: "link"}
+
+
+@dataclass(frozen=True)
+class _Sync:
+    """Where a sync stands: its ``since``, pages read, the next page's key, the
+    greatest cursor value seen (``max``), and (not kept in the position) the schema of
+    the page before, for an empty last page."""
+
+    since: str | None
+    page: int
+    next: Any
+    max: Any
+    schema: pa.Schema | None = None
+
+    @classmethod
+    def resume(cls, source: ApiSource, position: Any) -> "_Sync":
+        """The sync a position continues, or the new one after a complete (or no) position."""
+        if not isinstance(position, Mapping):
+            return cls(source.initial_watermark, 0, source.pagination.first(), None)
+        if position.get("complete"):
+            since = (position.get("max") or position.get("since")) if source.incremental else None
+            return cls(None if since is None else str(since), 0, source.pagination.first(), None)
+        return cls(position.get("since"), int(position.get("page", 0)), position.get("next"), position.get("max"))
+
+    def after(self, source: ApiSource, records: list, following: Any, partition: str) -> tuple:
+        """The batch of this page's ``records`` and the sync that goes on after it."""
+        greatest = _greatest(self.max, (r.get(source.cursor_field) for r in records)) if source.incremental \
+            else None
+        last = following is None or not records
+        position = {"since": self.since, "page": self.page + 1, "next": None if last else following,
+                    "max": greatest, "complete": last}
+        if not records and self.page == 0:
+            return None, None                    # nothing new: the committed position stands
+        table = to_table(records) if records or self.schema is None else self.schema.empty_table()
+        digest = table_digest(table, "sha1", 12)
+        batch = SourceBatch(table, f"{PARTITION}:{self.since or '-'}:{self.page + 1}:{digest}", partition, position)
+        return batch, (None if last else _Sync(self.since, self.page + 1, following, greatest, table.schema))
+
+
+def _rebuild(cls: type, values: dict) -> Any:
+    return cls(**values)
+
+
+# --- records -> Arrow ----------------------------------------------------------------------
+
+def to_table(records: list[Mapping]) -> pa.Table:
+    """Records as a table, one column per key in first-seen order. A column whose
+    values have no common Arrow type becomes text (strings kept, others as JSON)."""
+    names = list(dict.fromkeys(key for record in records for key in record))
+    if not names:                        # records without fields still count as rows
+        return pa.table({"_": pa.nulls(len(records))}).drop_columns(["_"])
+    columns = [_column([record.get(name) for record in records]) for name in names]
+    return pa.Table.from_arrays(columns, names=[str(n) for n in names])
+
+
+def _column(values: list) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, OverflowError):
+        return pa.array([_text(v) for v in values], pa.string())
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+def dig(body: Any, path: str | None) -> Any:
+    """The value at a dotted ``path`` (``data.items``) in a JSON body, or None."""
+    if not path or path in (".", "$"):
+        return body
+    value = body
+    for part in path.split("."):
+        if isinstance(value, Mapping):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _has_path(body: Mapping, path: str) -> bool:
+    head, _, rest = path.rpartition(".")
+    parent = dig(body, head) if head else body
+    return isinstance(parent, Mapping) and rest in parent
+
+
+def _greatest(current: Any, values) -> Any:
+    best = current
+    for value in values:
+        if value is not None and (best is None or _order(value) > _order(best)):
+            best = value
+    return best
+
+
+def _order(value: Any) -> tuple:
+    """Sort key of a cursor value: numbers, then timestamps, then other text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    text = str(value)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return (2, 0, text)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return (1, moment.timestamp(), text)
+
+
+def _links(response, base: str) -> dict[str, str]:
+    """``{rel: absolute url}`` from the answer's ``Link`` headers."""
+    found = {}
+    for header in response.headers.getall("Link", []) if hasattr(response.headers, "getall") else []:
+        for part in header.split(","):
+            target, _, attrs = part.partition(";")
+            target = target.strip()
+            if not (target.startswith("<") and target.endswith(">")):
+                continue
+            for attr in attrs.split(";"):
+                name, _, value = attr.strip().partition("=")
+                if name.strip().lower() == "rel":
+                    for rel in value.strip().strip('"').split():
+                        found.setdefault(rel.lower(), urljoin(base, target[1:-1]))
+    return found
+
+
+def _params(section) -> tuple[tuple[str, str], ...]:
+    params = section.section("params", None)
+    if params is None:
+        return ()
+    items = []
+    for name, value in params.data.items():
+        path = f"{params.path}.{name}"
+        if not isinstance(value, (str, int, float, bool)):
+            raise SpecError(path, f"expected a string or number, got {describe_value(value)}")
+        text = substitute_env(value if isinstance(value, str) else json.dumps(value), path)
+        if is_secret_name(str(name)):
+            remember(text)
+        items.append((str(name), text))
+    return tuple(items)
+
+
+def _close_quietly(client: HttpClient) -> None:
+    try:
+        run_sync(client.close())
+    except Exception:  # noqa: BLE001 - closing a session that is being discarded
+        pass
+
