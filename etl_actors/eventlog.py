@@ -25,7 +25,7 @@ import json
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,6 +35,9 @@ from .db import db_reason, engine_for, is_postgres, redact
 from .errors import ConcurrencyError, EtlError, LeaseLost, TerminalError, TransientError, UsageError
 from .events import Event, RecordedEvent, decode, encode
 from .redaction import redact_text, remember_url
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # pg_advisory_xact_lock keys: one for every append, one for creating the tables.
 APPEND_LOCK_KEY = 0x45544C_01
@@ -258,7 +261,7 @@ class EventLog:
     # --- dead letters ---------------------------------------------------------------
 
     def put_dead_letters(self, pipeline: str, run_id: str, batch_id: str, stage: str,
-                         letters: Sequence[DeadLetter], schema: "pa.Schema | None" = None) -> int:
+                         letters: Sequence[DeadLetter], schema: pa.Schema | None = None) -> int:
         """Store one row per letter; return how many rows were new.
 
         A letter is identified by ``(pipeline, batch_id, stage, its index in letters)``,
@@ -427,7 +430,7 @@ def _add_missing_columns(conn: sa.Connection, table: sa.Table) -> None:
             conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
 
 
-def encode_schema(schema: "pa.Schema | None") -> str | None:
+def encode_schema(schema: pa.Schema | None) -> str | None:
     """An Arrow schema as text for the letters table (base64 of its IPC form)."""
     if schema is None:
         return None
@@ -436,7 +439,7 @@ def encode_schema(schema: "pa.Schema | None") -> str | None:
     return base64.b64encode(schema.serialize().to_pybytes()).decode()
 
 
-def decode_schema(text: str | None) -> "pa.Schema | None":
+def decode_schema(text: str | None) -> pa.Schema | None:
     if not text:
         return None
     import base64

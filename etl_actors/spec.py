@@ -174,6 +174,7 @@ class SpecContext:
 
     connections: Mapping[str, str] = field(default_factory=dict, repr=False)
     base_dir: str = "."
+    destination_url: str | None = field(default=None, repr=False)   # the first sink's, for steps defaulting to it
 
     def connection(self, section: Section, name: str = "connection") -> str:
         """The URL for a ``connection`` key: a name from ``connections:`` or a URL."""
@@ -358,6 +359,7 @@ def _pipeline_body(root: Section, ctx: SpecContext,
                    collect: _Collected) -> tuple[Any, tuple, Any, Section | None, dict[str, str]]:
     if root.has("pipeline"):
         body = root.section("pipeline")
+        ctx = _with_destination(body, ctx)
         source = collect(build_plugin, "source", body.section("source"), ctx)
         steps = _transformations(body, "transformations", ctx, collect)
         destination = _destinations(body, ctx, collect)
@@ -366,6 +368,7 @@ def _pipeline_body(root: Section, ctx: SpecContext,
         return source, steps, destination, body, paths
     if root.has("batch"):
         body = root.section("batch")
+        ctx = _with_destination(body, ctx)
         source = collect(build_plugin, "source", body.section("source"), ctx)
         processing = body.section("processing", None)
         steps: tuple = ()
@@ -378,6 +381,7 @@ def _pipeline_body(root: Section, ctx: SpecContext,
         return source, steps, destination, processing if processing is not None else body, paths
     if root.has("validation"):   # the seed's Data Quality Checker: validation rules between a source and sinks
         body = root.section("validation")
+        ctx = _with_destination(body, ctx)
         source = collect(build_plugin, "source", body.section("source"), ctx)
         steps = _transformations(body, "transformations", ctx, collect)
         destination = _destinations(body, ctx, collect)
@@ -385,6 +389,21 @@ def _pipeline_body(root: Section, ctx: SpecContext,
                  "destination": body.at("destinations" if body.has("destinations") else "destination")}
         return source, steps, destination, body, paths
     raise SpecError("pipeline", "is required (a spec declares 'pipeline', 'batch', 'stream' or 'validation')")
+
+
+def _with_destination(body: Section, ctx: SpecContext) -> SpecContext:
+    """``ctx`` knowing the (first) destination's connection URL, when it has one: a
+    foreign-key rule's reference table defaults to that database."""
+    import dataclasses
+
+    raw = body.data.get("destination") or next(iter(body.data.get("destinations") or []), None)
+    if not isinstance(raw, Mapping) or "connection" not in raw:
+        return ctx
+    try:
+        url = ctx.connection(Section(raw, body.at("destination")))
+    except SpecError:
+        return ctx   # the sink reports its own bad connection
+    return dataclasses.replace(ctx, destination_url=url)
 
 
 def _destinations(body: Section, ctx: SpecContext, collect: _Collected) -> Any:
@@ -433,9 +452,10 @@ def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
     rules = ("rules", "actions") if body is not None and body.path == "validation" else ()
     body and collect(body.done, ("source", "transformations", "destination", "destinations", "processors",
                                  "sinks", "chunk_size", *rules, *_RUNTIME_KEYS))
+    if root.has("validation") and body is not None:
+        ctx = _with_destination(body, ctx)
     steps = _with_validation(root, steps, ctx, collect)
     sinks = destination if isinstance(destination, tuple) else (destination,)
-    steps = _bound_to_destination(steps, sinks)
     alerts = _alerts(root, collect)
     schedule = collect(lambda: root.get("schedule", None, types=dict))
     pricing = collect(lambda: root.get("pricing", None, types=dict))
@@ -461,16 +481,11 @@ def _with_validation(root: Section, steps: tuple, ctx: SpecContext, collect: _Co
     from .transforms.validate import ValidateStep
 
     section = root.section("validation")
-    step = collect(ValidateStep.from_validation, section, ctx)
-    collect(section.done, ("source", "transformations", "destination", "destinations", *_RUNTIME_KEYS))
+    rules = Section({k: v for k, v in section.data.items() if k in ("rules", "actions")}, section.path)
+    step = collect(ValidateStep.from_validation, rules, ctx)
+    collect(section.done, ("source", "transformations", "destination", "destinations", "rules", "actions",
+                           *_RUNTIME_KEYS))
     return steps if step is None else (*steps, step)
-
-
-def _bound_to_destination(steps: tuple, sinks: tuple) -> tuple:
-    """Steps that default a connection to the destination's (a foreign-key rule's
-    reference table) get the first database sink's URL."""
-    url = next((getattr(s, "url", None) for s in sinks if getattr(s, "url", None)), None)
-    return tuple(s.bind_destination(url) if url and hasattr(s, "bind_destination") else s for s in steps)
 
 
 def _alerts(root: Section, collect: _Collected):

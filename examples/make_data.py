@@ -48,10 +48,31 @@ def make_orders(folder: str, files: int = 3, rows: int = 20000) -> None:
                               (start + timedelta(seconds=order_id * 7)).isoformat(sep=" ")])
 
 
+def make_signups(path: str, rows: int = 5000) -> None:
+    """Sign-ups for the data-quality example: a few break each of the seed's rules."""
+    rng = random.Random(13)
+    start = datetime(2026, 2, 1)
+    with open(path, "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["id", "email", "created_at", "age", "customer_id"])
+        for i in range(1, rows + 1):
+            email = f"user{i}@example.com"
+            if i % 250 == 0:
+                email = f"user{i}.example.com"              # format
+            if i % 333 == 0:
+                email = ""                                  # completeness
+            if i % 400 == 0:
+                email = f"user{i - 1}@example.com"          # uniqueness
+            age = rng.randint(16, 90) if i % 150 else 151   # range (a warning)
+            customer = rng.randint(1, 2000) if i % 500 else 99999   # referential
+            out.writerow([i, email, (start + timedelta(minutes=i)).isoformat(sep=" "), age, customer])
+
+
 def main() -> None:
     os.makedirs(DATA, exist_ok=True)
     make_customers(os.path.join(DATA, "crm.db"))
     make_orders(os.path.join(DATA, "orders"))
+    make_signups(os.path.join(DATA, "signups.csv"))
     print(f"demo data in {DATA}")
 
 
