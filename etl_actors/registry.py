@@ -28,7 +28,7 @@ PLUGINS: dict[str, dict[str, str]] = {
     },
     "sink": {
         "database": "etl_actors.sinks.database:DatabaseSink",
-        "data-warehouse": "etl_actors.sinks.database:DatabaseSink",
+        "data-warehouse": "etl_actors.sinks.warehouse:WarehouseSink",
         "file": "etl_actors.sinks.file:FileSink",
         "s3": "etl_actors.sinks.file:FileSink",
         "kafka": "etl_actors.sinks.kafka:KafkaSink",

@@ -121,7 +121,7 @@ class DatabaseWriter(SinkWriter):
         self.copies = 0
         self._ddl(self.ledger.create)
         if sink.mode == "replace":
-            self._ddl(lambda conn: conn.execute(sa.text(f"DROP TABLE IF EXISTS {self._quoted(self.name)}")))
+            self._ddl(lambda conn: conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._quoted(self.name)}", {}))
 
     # --- the contract ----------------------------------------------------------------
 
@@ -149,11 +149,12 @@ class DatabaseWriter(SinkWriter):
         with self.engine.begin() as conn:
             if not sa.inspect(conn).has_table(self.name, schema=self.sink.schema):
                 return
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {self._quoted(self.sink.table)}"))
-            conn.execute(sa.text(f"ALTER TABLE {self._quoted(self.name)} RENAME TO {self._prep.quote(self.sink.table)}"))
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self._quoted(self.sink.table)}", {})
+            conn.exec_driver_sql(f"ALTER TABLE {self._quoted(self.name)} "
+                                 f"RENAME TO {self._prep.quote(self.sink.table)}", {})
             if self.postgres:
-                conn.execute(sa.text(f"ALTER INDEX IF EXISTS {self._quoted(self.name + '_pkey')} "
-                                     f"RENAME TO {self._prep.quote(self.sink.table + '_pkey')}"))
+                conn.exec_driver_sql(f"ALTER INDEX IF EXISTS {self._quoted(self.name + '_pkey')} "
+                                     f"RENAME TO {self._prep.quote(self.sink.table + '_pkey')}", {})
             self.ledger.forget(conn, self.staged)
             for batch_id, rows in self.staged.items():
                 self.ledger.record(conn, batch_id, rows)
@@ -209,8 +210,8 @@ class DatabaseWriter(SinkWriter):
                 conn.execute(statement, chunk.to_pylist())
             return
         temp = self._prep.quote(f"etl_tmp_{uuid.uuid4().hex[:12]}")
-        conn.execute(sa.text(f"CREATE TEMP TABLE {temp} (LIKE {self._quoted(target.name)} INCLUDING DEFAULTS) "
-                             "ON COMMIT DROP"))
+        conn.exec_driver_sql(f"CREATE TEMP TABLE {temp} (LIKE {self._quoted(target.name)} INCLUDING DEFAULTS) "
+                             "ON COMMIT DROP", {})
         self._copy(conn, temp, rows)
         quote = self._prep.quote
         columns = ", ".join(quote(c) for c in rows.column_names)
@@ -218,16 +219,21 @@ class DatabaseWriter(SinkWriter):
         updates = [c for c in rows.column_names if c not in self.sink.key_fields]
         action = ("DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in updates)
                   if updates else "DO NOTHING")
-        conn.execute(sa.text(f"INSERT INTO {self._quoted(target.name)} ({columns}) SELECT {columns} FROM {temp} "
-                             f"ON CONFLICT ({keys}) {action}"))
+        conn.exec_driver_sql(f"INSERT INTO {self._quoted(target.name)} ({columns}) SELECT {columns} FROM {temp} "
+                             f"ON CONFLICT ({keys}) {action}", {})
 
     def _copy(self, conn, quoted_table: str, rows: pa.Table) -> None:
-        """COPY the rows as CSV on the raw connection of ``conn``'s transaction."""
+        """COPY the rows as CSV on the raw connection of ``conn``'s transaction. The
+        statement is sent without parameters, so the ``%%`` SQLAlchemy writes for a
+        ``%`` in an identifier (for psycopg's parameter syntax) is undone here."""
         columns = ", ".join(self._prep.quote(c) for c in rows.column_names)
+        statement = f"COPY {quoted_table} ({columns}) FROM STDIN WITH (FORMAT csv)"
+        if self.engine.dialect.paramstyle in ("format", "pyformat"):
+            statement = statement.replace("%%", "%")
         raw = conn.connection.driver_connection
         with raw.cursor() as cursor:
-            with cursor.copy(f"COPY {quoted_table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-                for chunk in _chunks(rows, self.sink.batch_size):
+            with cursor.copy(statement) as copy:
+                for chunk in _chunks(csv_ready(rows), self.sink.batch_size):
                     buffer = io.BytesIO()
                     pcsv.write_csv(chunk, buffer, pcsv.WriteOptions(include_header=False))
                     copy.write(buffer.getvalue())
@@ -373,6 +379,19 @@ def _prepare(table: pa.Table, target: sa.Table) -> pa.Table:
             column = pc.cast(column, column.type.value_type)
         columns.append(_json_text(column) if pa.types.is_nested(column.type) else column)
     return pa.table(columns, names=names)
+
+
+def csv_ready(table: pa.Table) -> pa.Table:
+    """The table with zoned timestamps as UTC text (``2024-05-01 12:00:00.000000Z``):
+    Arrow's CSV writer formats them through the time zone database, 20x slower than
+    naive ones, and COPY reads both the same."""
+    columns = [_utc_text(c) if pa.types.is_timestamp(c.type) and c.type.tz else c for c in table.columns]
+    return pa.table(columns, names=table.column_names)
+
+
+def _utc_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    text = pc.cast(column.cast(pa.timestamp(column.type.unit)), pa.string())
+    return pc.binary_join_element_wise(text, pa.scalar("Z"), "")
 
 
 def _chunks(table: pa.Table, size: int):

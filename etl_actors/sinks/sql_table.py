@@ -95,7 +95,7 @@ def add_column(engine: sa.Engine, name: str, schema: str | None, field: pa.Field
     column = f"{dialect.identifier_preparer.quote(field.name)} {sql_type}"
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text(f"ALTER TABLE {quoted(dialect, name, schema)} ADD COLUMN {column}"))
+            conn.exec_driver_sql(f"ALTER TABLE {quoted(dialect, name, schema)} ADD COLUMN {column}", {})
     except sa.exc.DBAPIError:
         with engine.connect() as conn:
             if field.name not in {c["name"] for c in sa.inspect(conn).get_columns(name, schema=schema)}:
@@ -112,8 +112,8 @@ def ensure_unique(conn, name: str, schema: str | None, keys: Sequence[str]) -> N
     if any(set(u["column_names"]) == set(keys) for u in uniques):
         return
     quote = conn.dialect.identifier_preparer.quote
-    conn.execute(sa.text(f"CREATE UNIQUE INDEX {quote(name + '__etl_key')} "
-                         f"ON {quoted(conn.dialect, name, schema)} ({', '.join(quote(k) for k in keys)})"))
+    conn.exec_driver_sql(f"CREATE UNIQUE INDEX {quote(name + '__etl_key')} "
+                         f"ON {quoted(conn.dialect, name, schema)} ({', '.join(quote(k) for k in keys)})", {})
 
 
 def quoted(dialect: sa.engine.Dialect, name: str, schema: str | None) -> str:

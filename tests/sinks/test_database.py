@@ -294,3 +294,14 @@ def test_postgres_refuses_naive_timestamps_into_a_zoned_column(pg_schema):
     with pytest.raises(TerminalError, match="column 'at' of batch 'b#0' is timestamp\\[us\\], but table 'events' "
                                             "has it as TIMESTAMP WITH TIME ZONE"):
         load(sink, (pa.table({"at": pa.array([at], pa.timestamp("us"))}), "b#0"))
+
+
+@pytest.mark.parametrize("mode", ["insert", "upsert", "replace"])
+def test_column_names_with_percent_signs_and_quotes_load_in_every_mode(db_url, mode):
+    sink = DatabaseSink(url=db_url, table="Sales Facts", mode=mode, key_fields=("Order ID",) if mode != "insert" else ())
+    writer = sink.open("p")
+    writer.write(pa.table({"Order ID": [1, 2], "50% off": [1.5, 2.5], 'say "hi"': ["a", "b"]}), "b1")
+    writer.finish()
+    writer.close()
+    rows = select(db_url, 'SELECT * FROM "Sales Facts" ORDER BY "Order ID"')
+    assert [(r["Order ID"], r["50% off"], r['say "hi"']) for r in rows] == [(1, 1.5, "a"), (2, 2.5, "b")]
