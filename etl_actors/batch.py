@@ -38,6 +38,7 @@ class SourceBatch:
     rejects: tuple[DeadLetter, ...] = ()
     resume_at: str | None = None            # a redrive: the stage the rows enter at (transform:<id>, load, load:<i>)
     letter_ids: tuple[int, ...] = ()        # a redrive: the dead letters the rows came from
+    origin_run: str | None = None           # a redrive: the run those letters came from
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ owners, each with the batch's values as one array parameter (PostgreSQL ``unnest
 ``= ANY``, SQLite ``json_each``), however many there are. The owner of a
 value never changes during a run, so a batch transformed again (same ``batch_id``)
 gets the same answers. The first claim a process makes for a run deletes the
-pipeline's rows of other runs, which keeps the table bounded.
+pipeline's rows of all but its :data:`KEEP_RUNS` latest other runs, which keeps the
+table bounded and lets a redrive judge its letters against the run they came from.
 
 :class:`Reference` answers which values a ``foreign-key`` rule's reference column
 holds, in one ``SELECT ... WHERE field IN (...)`` per batch (one per :data:`CHUNK`
@@ -20,6 +21,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -44,7 +46,9 @@ seen_table = sa.Table(
     sa.Column("value_hash", sa.Text, primary_key=True),
     sa.Column("batch_id", sa.Text, nullable=False),
     sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("claimed_at", sa.Float, nullable=True),
 )
+KEEP_RUNS = 10
 
 _ready: set[str] = set()
 _swept: set[tuple[str, str, str]] = set()
@@ -96,9 +100,10 @@ def _claim(dialect: str, key: tuple[str, str, str], batch_id: str, claims: dict[
         rows = sa.func.json_each(sa.literal(json.dumps(claims))).table_valued("key", "value")
         hashes, idx, insert = rows.c.key, rows.c.value, sqlite.insert(seen_table)
     # SQLite reads "SELECT ... FROM f(...) ON CONFLICT" as a join unless a WHERE comes between
-    source = sa.select(*map(sa.literal, key), hashes, sa.literal(batch_id), idx).where(sa.true())
-    return insert.from_select(["pipeline", "run_id", "rule", "value_hash", "batch_id", "idx"], source) \
-        .on_conflict_do_nothing()
+    source = sa.select(*map(sa.literal, key), hashes, sa.literal(batch_id), idx,
+                       sa.literal(time.time(), sa.Float)).where(sa.true())
+    return insert.from_select(["pipeline", "run_id", "rule", "value_hash", "batch_id", "idx", "claimed_at"],
+                              source).on_conflict_do_nothing()
 
 
 def _owners(dialect: str, key: tuple[str, str, str], hashes: list[str]):
@@ -118,11 +123,18 @@ def _array(values: list, item: sa.types.TypeEngine):
 
 
 def _sweep_other_runs(conn: sa.Connection, url: str, pipeline: str, run_id: str) -> None:
-    """Once per process and run: forget the pipeline's other runs' values."""
+    """Once per process and run: forget the values of the pipeline's other runs but
+    the :data:`KEEP_RUNS` latest (a redrive checks its letters against their run's)."""
     key = (str(url), pipeline, run_id)
-    if key not in _swept:
-        conn.execute(seen_table.delete().where(seen_table.c.pipeline == pipeline, seen_table.c.run_id != run_id))
-        _swept.add(key)
+    if key in _swept:
+        return
+    t = seen_table
+    latest = sa.func.max(t.c.claimed_at)
+    runs = [r for r, in conn.execute(sa.select(t.c.run_id).where(t.c.pipeline == pipeline, t.c.run_id != run_id)
+                                     .group_by(t.c.run_id).order_by(latest.desc().nulls_last()))]
+    if len(runs) > KEEP_RUNS:
+        conn.execute(t.delete().where(t.c.pipeline == pipeline, t.c.run_id.in_(runs[KEEP_RUNS:])))
+    _swept.add(key)
 
 
 @contextmanager

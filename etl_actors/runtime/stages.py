@@ -71,7 +71,8 @@ class Extractor(Stage):
                   "rows": batch.table.num_rows, "bytes": int(batch.table.nbytes),
                   "rejected": len(batch.rejects), "reject_reason": _first_reason(batch.rejects)}
         if batch.resume_at is not None:
-            report.update(resume_at=batch.resume_at, letter_ids=list(batch.letter_ids))
+            report.update(resume_at=batch.resume_at, letter_ids=list(batch.letter_ids),
+                          origin_run=batch.origin_run)
         return report, batch.table
 
 
@@ -107,13 +108,15 @@ class Transformer(Stage):
     def __repr__(self) -> str:
         return f"Transformer[{self.pipeline}#{self.index}]"
 
-    def apply(self, table: pa.Table, batch_id: str, run_id: str, start: str | None = None) -> tuple[pa.Table, dict]:
-        """The steps before the blocking one (from step ``start`` on, for a redrive)."""
+    def apply(self, table: pa.Table, batch_id: str, run_id: str, start: str | None = None,
+              scope: str | None = None) -> tuple[pa.Table, dict]:
+        """The steps before the blocking one. A redrive starts at step ``start`` and
+        judges run-wide rules by the run its letters came from (``scope``)."""
         steps = self.before
         if start is not None:
             ids = [s.id for s in steps]
             steps = steps[ids.index(start):] if start in ids else ()
-        table, report = self._run_steps(steps, table, batch_id, run_id)
+        table, report = self._run_steps(steps, table, batch_id, run_id, scope)
         if self.blocking is not None:
             table = self._timed_partial(table, report)
         return table, report
@@ -141,23 +144,24 @@ class Transformer(Stage):
         report["steps"].append(_step_metrics(self.blocking.id, table.num_rows, table.num_rows, started, partial=True))
         return partial
 
-    def _run_steps(self, steps, table: pa.Table, batch_id: str, run_id: str) -> tuple[pa.Table, dict]:
+    def _run_steps(self, steps, table: pa.Table, batch_id: str, run_id: str,
+                   scope: str | None = None) -> tuple[pa.Table, dict]:
         """Run ``steps`` in order. Every row in ends as kept (possibly flagged or
         enriched), rejected (a dead letter) or filtered; the report counts each."""
         report = {"rows_in": table.num_rows, "steps": [], "rejected": 0, "skipped": [], "reasons": [],
                   "enriched": 0, "flagged": 0, "quality": {}}
-        ctx = StepContext(self.pipeline, run_id, batch_id, self.log_url)
+        ctx = StepContext(self.pipeline, scope or run_id, batch_id, self.log_url)
         for step in steps:
-            table = self._run_step(step, table, ctx, report)
+            table = self._run_step(step, table, ctx, run_id, report)
         report["rows_out"] = table.num_rows
         report["filtered"] = report["rows_in"] - report["rows_out"] - report["rejected"]
         report["flagged"] = flagged_rows(table, report["flagged"])
         report["quality"] = quality.of_steps(report["quality"])
         return table, report
 
-    def _run_step(self, step, table: pa.Table, ctx: "StepContext", report: dict) -> pa.Table:
+    def _run_step(self, step, table: pa.Table, ctx: "StepContext", run_id: str, report: dict) -> pa.Table:
         started = time.perf_counter()
-        batch_id, run_id = ctx.batch_id, ctx.run_id
+        batch_id = ctx.batch_id
         try:
             result: StepResult = step.apply_batch(table, ctx)
         except Exception as exc:  # noqa: BLE001 - the step's own failure, reported by id

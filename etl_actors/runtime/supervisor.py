@@ -570,7 +570,8 @@ class _Run:
         self.transformer_load[t] += 1
         try:
             out, tr = await self._call("transformer", t, lambda: self.children.call(
-                "transformer", t, "apply", ref, batch_id, self.run_id, start, returns=2, resolve=1))
+                "transformer", t, "apply", ref, batch_id, self.run_id, start, report.get("origin_run"),
+                returns=2, resolve=1))
         finally:
             self.transformer_load[t] -= 1
         self._transformed(batch_id, tr)

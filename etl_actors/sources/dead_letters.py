@@ -63,15 +63,17 @@ class DeadLetterSource(Source):
             after = letters[-1]["id"]
 
     def _batches(self, stage: str, letters: list[dict]) -> Iterator[SourceBatch]:
-        """One batch per run of letters sharing a schema (a batch holds one table)."""
+        """One batch per run of consecutive letters sharing a schema (a batch holds one
+        table) and the run they came from (whose run-wide state, such as a unique
+        rule's seen values, judges them again)."""
         start = 0
         for end in range(1, len(letters) + 1):
-            if end == len(letters) or letters[end]["schema"] != letters[start]["schema"]:
+            if end == len(letters) or _group(letters[end]) != _group(letters[start]):
                 group = letters[start:end]
                 ids = [d["id"] for d in group]
                 yield SourceBatch(table=_table(group), batch_id=f"redrive:{stage}:{ids[0]}-{ids[-1]}",
                                   partition=stage, position=ids[-1], resume_at=stage,
-                                  letter_ids=tuple(ids))
+                                  letter_ids=tuple(ids), origin_run=group[0]["runId"])
                 start = end
 
     def estimate_bytes(self, partition: str) -> int | None:
@@ -84,6 +86,10 @@ class DeadLetterSource(Source):
         from ..eventlog import EventLog
 
         return EventLog(self.log_url)
+
+
+def _group(letter: dict) -> tuple:
+    return letter["schema"], letter["runId"]
 
 
 def _table(letters: list[dict]) -> pa.Table:

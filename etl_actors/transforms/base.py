@@ -22,7 +22,9 @@ from ..batch import StepResult
 class StepContext:
     """Where a batch is being transformed: steps that keep run-wide state (the seen
     values of a ``unique`` rule) key it by run and batch, in the event log's database
-    at ``log_url``, so a batch transformed again after a crash gets the same answer."""
+    at ``log_url``, so a batch transformed again after a crash gets the same answer.
+    ``run_id`` is the run whose run-wide state applies: for a redrive, the run its
+    letters came from (a duplicate stays a duplicate of what that run loaded)."""
 
     pipeline: str
     run_id: str

@@ -238,13 +238,18 @@ def test_a_record_rejected_by_another_rule_does_not_claim_its_value(tmp_path):
     assert kept.rejects == () and kept.table["id"].to_pylist() == [2]
 
 
-def test_a_new_run_starts_with_no_seen_values_and_drops_the_old_runs(tmp_path):
+def test_a_new_run_starts_with_no_seen_values_and_keeps_only_the_latest_runs(tmp_path):
+    from etl_actors.quality_store import KEEP_RUNS
+
     log = f"sqlite:///{tmp_path}/events.db"
     step = validate(UNIQUE)
     batch = pa.table({"id": [1, 2], "email": ["a@x.io", "b@x.io"]})
     step.apply_batch(batch, ctx(log, "b1", run_id="r1"))
     assert step.apply_batch(batch, ctx(log, "b9", run_id="r2")).rejects == ()
-    assert seen_rows(log) == 2
+    assert seen_rows(log) == 4                  # r1's values stay: a redrive of r1's letters is judged by them
+    for n in range(3, KEEP_RUNS + 4):
+        step.apply_batch(batch, ctx(log, "b1", run_id=f"r{n}"))
+    assert seen_rows(log) == 2 * (KEEP_RUNS + 1)   # the run claiming and the latest others
 
 
 def _validate_in_a_process(log: str, batch_id: str, emails: list) -> list:
