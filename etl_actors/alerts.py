@@ -33,13 +33,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
 from . import events as ev
 from .errors import SpecError, describe as describe_value, first_line
 from .redaction import ConnectionUrl, redact_text, redact_url, remember_url
-from .spec import parse_seconds, substitute_env
+from .spec import parse_seconds, positive_duration_problem, substitute_env
 
 HISTORY = 50                  # recent alerts kept per pipeline (the open one always among them)
 PIPELINE_PREFIX = ev.pipeline_stream("")
@@ -77,7 +77,7 @@ class AlertOptions:
         ``window``); errors name their path (``alerts.threshold``)."""
         threshold = section.get("threshold", 100, types=int,
                                 check=lambda v: None if v >= 0 else f"expected 0 or more, got {v}")
-        window = section.get("window", 3600.0, types=(int, float, str), check=_window_problem)
+        window = section.get("window", 3600.0, types=(int, float, str), check=positive_duration_problem)
         webhook = section.get("webhook", None, types=str)
         if webhook is not None:
             webhook = substitute_env(webhook, section.at("webhook"))
@@ -91,14 +91,6 @@ class AlertOptions:
         """Secret-free: the webhook's secrets as ``***``."""
         return {"threshold": self.threshold, "window": self.window_s,
                 "webhook": redact_url(self.webhook) if self.webhook else None}
-
-
-def _window_problem(value: Any) -> str | None:
-    try:
-        seconds = parse_seconds(value)
-    except ValueError as exc:
-        return str(exc)
-    return None if seconds > 0 else f"expected more than 0 seconds, got {value!r}"
 
 
 def _webhook_problem(url: str) -> str | None:

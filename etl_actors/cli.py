@@ -260,6 +260,12 @@ def _redrive(args, log_url: str) -> int:
         _print_json(result)
     else:
         _print_summary(result)
+    from .eventlog import EventLog
+
+    pending = EventLog(log_url).dead_letter_stages(args.pipeline, args.run, pending=True)
+    if pending:   # failed again, or of a stage a redrive does not take back (extract, window, a step now gone)
+        _say(f"{sum(pending.values())} dead letter(s) still pending: "
+             + ", ".join(f"{stage} {n}" for stage, n in sorted(pending.items())))
     return EXIT_OK if result["status"] == "success" else EXIT_FAILED
 
 

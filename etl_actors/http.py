@@ -35,7 +35,7 @@ from .errors import SpecError, TerminalError, describe as describe_value, first_
 from .kafka_client import LoopThread
 from .redaction import is_secret_name, redact_headers, redact_text, redact_url, remember
 from .runtime.retry import delay
-from .spec import parse_seconds, substitute_env
+from .spec import parse_seconds, positive_duration_problem, substitute_env
 
 AUTH_KINDS = ("none", "bearer", "header", "basic")
 RETRY_STATUSES = frozenset({408, 429})
@@ -107,7 +107,7 @@ class HttpOptions:
         ``rateLimitDelay`` (milliseconds; default ``rate_limit_delay_ms``),
         ``requestsPerSecond``, ``maxRetries``, ``verifyTls`` and ``caBundle`` in
         ``section``. Leaves ``section.done()`` to the caller."""
-        timeout = section.get("timeout", 30.0, types=(int, float, str), check=_duration_problem)
+        timeout = section.get("timeout", 30.0, types=(int, float, str), check=positive_duration_problem)
         delay = section.get("rate_limit_delay", rate_limit_delay_ms, types=(int, float), check=_non_negative)
         ca_bundle = section.get("ca_bundle", None, types=str)
         return cls(
@@ -179,14 +179,6 @@ def _headers(section) -> tuple[tuple[str, str], ...]:
             remember(value)
         items.append((str(name), value))
     return tuple(items)
-
-
-def _duration_problem(value: Any) -> str | None:
-    try:
-        seconds = parse_seconds(value)
-    except ValueError as exc:
-        return str(exc)
-    return None if seconds > 0 else f"expected more than 0 seconds, got {value!r}"
 
 
 def _non_negative(value: Any) -> str | None:

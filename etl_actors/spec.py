@@ -292,6 +292,15 @@ def parse_seconds(value: Any) -> float:
     return float(match.group(1)) * _SECONDS_UNITS[match.group(2)]
 
 
+def positive_duration_problem(value: Any) -> str | None:
+    """A ``check`` for a duration that must be more than 0 seconds."""
+    try:
+        seconds = parse_seconds(value)
+    except ValueError as exc:
+        return str(exc)
+    return None if seconds > 0 else f"expected more than 0 seconds, got {value!r}"
+
+
 def _duration_problem(minimum: float):
     def check(value: Any) -> str | None:
         try:
@@ -357,8 +366,11 @@ class _Collected:
 
 def _pipeline_body(root: Section, ctx: SpecContext,
                    collect: _Collected) -> tuple[Any, tuple, Any, Section | None, dict[str, str]]:
-    if root.has("pipeline"):
-        body = root.section("pipeline")
+    # the seed's Data Quality Checker declares validation: rules between a source and its sinks
+    name = "pipeline" if root.has("pipeline") else "validation" if root.has("validation") and not root.has("batch") \
+        else None
+    if name is not None:
+        body = root.section(name)
         ctx = _with_destination(body, ctx)
         source = collect(build_plugin, "source", body.section("source"), ctx)
         steps = _transformations(body, "transformations", ctx, collect)
@@ -379,15 +391,6 @@ def _pipeline_body(root: Section, ctx: SpecContext,
         paths = {"source": body.at("source"), "transformations": f"{body.at('processing')}.transformations",
                  "destination": body.at("destinations" if body.has("destinations") else "destination")}
         return source, steps, destination, processing if processing is not None else body, paths
-    if root.has("validation"):   # the seed's Data Quality Checker: validation rules between a source and sinks
-        body = root.section("validation")
-        ctx = _with_destination(body, ctx)
-        source = collect(build_plugin, "source", body.section("source"), ctx)
-        steps = _transformations(body, "transformations", ctx, collect)
-        destination = _destinations(body, ctx, collect)
-        paths = {"source": body.at("source"), "transformations": body.at("transformations"),
-                 "destination": body.at("destinations" if body.has("destinations") else "destination")}
-        return source, steps, destination, body, paths
     raise SpecError("pipeline", "is required (a spec declares 'pipeline', 'batch', 'stream' or 'validation')")
 
 

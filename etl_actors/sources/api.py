@@ -17,16 +17,8 @@ run starts a new sync at the first page, with ``since`` = ``max`` when increment
 (a full refresh otherwise). A position is never ``done``: the partition is read on
 every run.
 
-Pagination (``pagination: {type: ...}``, default ``page``):
-
-- ``page``: ``pageParam`` (page), ``sizeParam`` (per_page), ``size`` (100),
-  ``hasMorePath`` (has_more; when the answer has no such field, a full page means more)
-- ``offset``: ``offsetParam`` (offset), ``limitParam`` (limit), ``size`` (100),
-  ``totalPath`` (total); stops at a short page or once ``offset`` reaches the total
-- ``cursor``: ``cursorParam`` (cursor), ``nextCursorPath`` (next_cursor, dotted as in
-  ``meta.next``), optional ``sizeParam`` + ``size``; stops when there is no next cursor
-- ``link``: follows the ``Link: <url>; rel="next"`` header; optional ``sizeParam`` + ``size``
-  for the first request
+Pagination (``pagination: {type: ...}``, default ``page``; also ``offset``, ``cursor``,
+``link``) is described in :mod:`etl_actors.sources.pagination`.
 
 Records are the list at ``recordsPath`` (dotted, default ``results``); a body that is a
 JSON array is the list itself, and an item that is not an object is read as
@@ -51,10 +43,9 @@ letter of stage ``extract`` instead, and the committed position stays before tha
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Iterator, Mapping
-from urllib.parse import urljoin
 
 import pyarrow as pa
 from yarl import URL
@@ -63,129 +54,12 @@ from ..batch import SourceBatch, table_digest
 from ..errors import SpecError, TerminalError, describe as describe_value
 from ..http import HttpClient, HttpError, HttpOptions, run_sync
 from ..redaction import is_secret_name, redact_headers, redact_url, remember, remember_url
-from ..spec import Section, camel, substitute_env
+from ..spec import substitute_env
 from .base import Source
+from .pagination import LinkPagination, PagePagination, describe_pagination, dig, links, pagination_from_spec
 
 PARTITION = "api"
-PAGINATIONS = ("page", "offset", "cursor", "link")
 
-
-# --- pagination strategies ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PagePagination:
-    """``?page=n&per_page=size`` from page 1; go on while ``has_more``."""
-
-    page_param: str = "page"
-    size_param: str = "per_page"
-    size: int = 100
-    has_more_path: str = "has_more"
-
-    def first(self) -> Any:
-        return 1
-
-    def params(self, key: Any) -> dict:
-        return {self.page_param: key, self.size_param: self.size}
-
-    def following(self, key: Any, body: Any, records: list, links: dict) -> Any:
-        more = dig(body, self.has_more_path)
-        more = len(records) >= self.size if more is None else bool(more)
-        return key + 1 if more else None
-
-
-@dataclass(frozen=True)
-class OffsetPagination:
-    """``?offset=n&limit=size`` from 0; stop at a short page or at the total."""
-
-    offset_param: str = "offset"
-    limit_param: str = "limit"
-    size: int = 100
-    total_path: str | None = "total"
-
-    def first(self) -> Any:
-        return 0
-
-    def params(self, key: Any) -> dict:
-        return {self.offset_param: key, self.limit_param: self.size}
-
-    def following(self, key: Any, body: Any, records: list, links: dict) -> Any:
-        following = key + len(records)
-        total = dig(body, self.total_path) if self.total_path else None
-        if len(records) < self.size or (isinstance(total, int) and following >= total):
-            return None
-        return following
-
-
-@dataclass(frozen=True)
-class CursorPagination:
-    """``?cursor=<the previous page's next cursor>``; stop when there is none."""
-
-    cursor_param: str = "cursor"
-    next_cursor_path: str = "next_cursor"
-    size_param: str | None = None
-    size: int | None = None
-
-    def first(self) -> Any:
-        return None
-
-    def params(self, key: Any) -> dict:
-        sized = {self.size_param: self.size} if self.size_param and self.size else {}
-        return {**sized, **({self.cursor_param: key} if key is not None else {})}
-
-    def following(self, key: Any, body: Any, records: list, links: dict) -> Any:
-        cursor = dig(body, self.next_cursor_path)
-        if cursor in (None, "") or cursor == key:
-            return None
-        return cursor if isinstance(cursor, (str, int)) else json.dumps(cursor)
-
-
-@dataclass(frozen=True)
-class LinkPagination:
-    """Follow the ``Link: <url>; rel="next"`` header (RFC 8288)."""
-
-    size_param: str | None = None
-    size: int | None = None
-
-    def first(self) -> Any:
-        return None
-
-    def params(self, key: Any) -> dict:
-        return {self.size_param: self.size} if key is None and self.size_param and self.size else {}
-
-    def following(self, key: Any, body: Any, records: list, links: dict) -> Any:
-        return links.get("next")
-
-
-def _pagination(section) -> Any:
-    """The strategy described by ``pagination``: a type name or a mapping."""
-    raw = section.get("pagination", None, types=(str, dict))
-    if raw is None:
-        return PagePagination()
-    if isinstance(raw, str) and raw not in PAGINATIONS:
-        raise SpecError(section.at("pagination"), f"{raw!r} is not one of {', '.join(PAGINATIONS)}")
-    pag = Section({"type": raw} if isinstance(raw, str) else raw, section.at("pagination"))
-    built = _BUILDERS[pag.get("type", "page", types=str, choices=PAGINATIONS)](pag)
-    pag.done()
-    return built
-
-
-def _name(pag, key: str, default: str | None) -> str | None:
-    return pag.get(key, default, types=str, check=lambda v: None if v.strip() else "is empty")
-
-
-_BUILDERS = {
-    "page": lambda p: PagePagination(_name(p, "page_param", "page"), _name(p, "size_param", "per_page"),
-                                     p.positive_int("size", 100), _name(p, "has_more_path", "has_more")),
-    "offset": lambda p: OffsetPagination(_name(p, "offset_param", "offset"), _name(p, "limit_param", "limit"),
-                                         p.positive_int("size", 100), _name(p, "total_path", "total")),
-    "cursor": lambda p: CursorPagination(_name(p, "cursor_param", "cursor"),
-                                         _name(p, "next_cursor_path", "next_cursor"),
-                                         _name(p, "size_param", None), p.positive_int("size", None)),
-    "link": lambda p: LinkPagination(_name(p, "size_param", None), p.positive_int("size", None)),
-}
-
-
-# --- the source -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ApiSource(Source):
@@ -222,7 +96,7 @@ class ApiSource(Source):
         http = HttpOptions.from_spec(section, ctx, rate_limit_delay_ms=100.0)
         initial = section.get("initial_watermark", None, types=(str, int, float))
         try:
-            source = cls(endpoint=endpoint, http=http, pagination=_pagination(section),
+            source = cls(endpoint=endpoint, http=http, pagination=pagination_from_spec(section),
                          records_path=section.get("records_path", "results", types=str),
                          params=_params(section),
                          incremental=section.get("incremental", False, types=bool),
@@ -269,7 +143,7 @@ class ApiSource(Source):
             raise TerminalError(f"page {number} of {self.where}: malformed JSON ({exc})", partition=partition) \
                 from None
         records = self._records(body, number, partition)
-        following = self.pagination.following(sync.next, body, records, _links(response, url))
+        following = self.pagination.following(sync.next, body, records, links(response, url))
         if isinstance(self.pagination, LinkPagination) and following is not None and self.params:
             following = str(URL(following).without_query_params(*dict(self.params)))   # re-added per request
         return sync.after(self, records, following, partition)
@@ -297,21 +171,19 @@ class ApiSource(Source):
         return redact_url(self.endpoint)
 
     def view_watermark(self, watermark: Mapping[str, Any]) -> Any:
-        """``{"updatedSince": ..., "next": ...}``: what the next run sends and where it starts."""
+        """``{"updatedSince", "nextPage", "next"}``: what the next run sends, and the page
+        (counted from 1 in this sync) and page key (number, offset, cursor or link) it
+        starts at."""
         sync = _Sync.resume(self, watermark.get(PARTITION))
-        return {"updatedSince": sync.since if self.incremental else None, "page": sync.page + 1, "next": sync.next}
+        return {"updatedSince": sync.since if self.incremental else None, "nextPage": sync.page + 1,
+                "next": sync.next}
 
     def describe(self) -> dict:
-        pagination = {"type": _KIND[type(self.pagination)],
-                      **{camel(k): v for k, v in asdict(self.pagination).items()}}
-        return {"type": self.type, "endpoint": self.where, "pagination": pagination,
+        return {"type": self.type, "endpoint": self.where, "pagination": describe_pagination(self.pagination),
                 "recordsPath": self.records_path, "params": redact_headers(self.params),
                 "incremental": self.incremental, "cursorField": self.cursor_field if self.incremental else None,
                 "sinceParam": self.since_param if self.incremental else None,
                 "errorHandling": self.error_handling, "http": self.http.describe()}
-
-
-_KIND = {PagePagination: "page", OffsetPagination: "offset", CursorPagination: "cursor", LinkPagination: "link"}
 
 
 @dataclass(frozen=True)
@@ -382,21 +254,6 @@ def _text(value: Any) -> str | None:
 
 # --- helpers --------------------------------------------------------------------------------
 
-def dig(body: Any, path: str | None) -> Any:
-    """The value at a dotted ``path`` (``data.items``) in a JSON body, or None."""
-    if not path or path in (".", "$"):
-        return body
-    value = body
-    for part in path.split("."):
-        if isinstance(value, Mapping):
-            value = value.get(part)
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return None
-    return value
-
-
 def _has_path(body: Mapping, path: str) -> bool:
     head, _, rest = path.rpartition(".")
     parent = dig(body, head) if head else body
@@ -422,23 +279,6 @@ def _order(value: Any) -> tuple:
         return (2, 0, text)
     moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
     return (1, moment.timestamp(), text)
-
-
-def _links(response, base: str) -> dict[str, str]:
-    """``{rel: absolute url}`` from the answer's ``Link`` headers."""
-    found = {}
-    for header in response.headers.getall("Link", []) if hasattr(response.headers, "getall") else []:
-        for part in header.split(","):
-            target, _, attrs = part.partition(";")
-            target = target.strip()
-            if not (target.startswith("<") and target.endswith(">")):
-                continue
-            for attr in attrs.split(";"):
-                name, _, value = attr.strip().partition("=")
-                if name.strip().lower() == "rel":
-                    for rel in value.strip().strip('"').split():
-                        found.setdefault(rel.lower(), urljoin(base, target[1:-1]))
-    return found
 
 
 def _params(section) -> tuple[tuple[str, str], ...]:
