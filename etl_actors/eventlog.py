@@ -150,7 +150,8 @@ class EventLog:
 
     def append(self, stream: str, events: Sequence[Event], expected_version: int,
                fence: tuple[str, int] | None = None, snapshot: tuple[str, int, Sequence[bytes]] | None = None,
-               letters: tuple[str, str, Sequence[tuple[str, int, str, DeadLetter]]] | None = None) -> int:
+               letters: tuple[str, str, Sequence[tuple[str, int, str, DeadLetter]]] | None = None,
+               redriven: tuple[str, Sequence[int], str] | None = None) -> int:
         """Append ``events`` to ``stream`` in one transaction; return the new version.
 
         ``expected_version`` is the version the caller last saw (0: a new stream).
@@ -161,7 +162,9 @@ class EventLog:
         ``snapshot=(pipeline, seq, parts)`` stores window state in the same transaction
         and drops the pipeline's snapshots older than the previous one;
         ``letters=(pipeline, run_id, [(batch_id, idx, stage, letter)])`` stores dead
-        letters in it too (a stream's, with its checkpoint: written once it commits).
+        letters in it too (a stream's, with its checkpoint: written once it commits);
+        ``redriven=(pipeline, letter_ids, run_id)`` marks letters a redrive loaded, in
+        it too (the event saying so and the mark are one fact).
         """
         if expected_version < 0:
             raise ValueError(f"expected_version must be 0 or more, got {expected_version}")
@@ -181,6 +184,8 @@ class EventLog:
                     _put_snapshot(conn, *snapshot)
                 if letters is not None and letters[2]:
                     _insert_letters(conn, *letters)
+                if redriven is not None and redriven[1]:
+                    _mark_redriven(conn, *redriven)
         except sa.exc.IntegrityError:
             raise ConcurrencyError(stream, expected_version, self.version(stream)) from None
         return expected_version + len(rows)
@@ -278,16 +283,19 @@ class EventLog:
             raise log_error(self.url, exc) from None
 
     def dead_letters(self, pipeline: str, run_id: str | None = None, limit: int | None = None,
-                     pending: bool = False, stage: str | None = None, after_id: int = 0) -> list[dict]:
+                     pending: bool = False, stage: str | None = None, after_id: int = 0,
+                     batch_id: str | None = None) -> list[dict]:
         """The pipeline's dead letters (of one run, one stage, only those still
         ``pending`` when asked) in insertion order, as ``{id, pipeline, runId, batchId,
         stage, reason, record, recordedAt, redrivenBy, redrivenAt}`` (and ``schema``,
         the encoded Arrow schema, for a redrive)."""
         t = dead_letters_table
-        query = (sa.select(t.c.id, t.c.pipeline, t.c.run_id, t.c.batch_id, t.c.stage, t.c.reason, t.c.record,
-                           t.c.recorded_at, t.c.arrow_schema, t.c.redriven_by, t.c.redriven_at)
-                 .where(*_dead_letter_filter(pipeline, run_id, pending, stage), t.c.id > after_id)
-                 .order_by(t.c.id).limit(limit))
+        conditions = _dead_letter_filter(pipeline, run_id, pending, stage)
+        if batch_id is not None:
+            conditions.append(t.c.batch_id == batch_id)
+        query = (sa.select(t.c.id, t.c.pipeline, t.c.run_id, t.c.batch_id, t.c.idx, t.c.stage, t.c.reason,
+                           t.c.record, t.c.recorded_at, t.c.arrow_schema, t.c.redriven_by, t.c.redriven_at)
+                 .where(*conditions, t.c.id > after_id).order_by(t.c.id).limit(limit))
         with self._engine.connect() as conn:
             return [_dead_letter_view(row) for row in conn.execute(query)]
 
@@ -311,19 +319,21 @@ class EventLog:
         with self._engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.max(t.c.id)).where(t.c.pipeline == pipeline)).scalar() or 0)
 
-    def mark_redriven(self, pipeline: str, letter_ids: Sequence[int], run_id: str) -> int:
-        """Letters a redrive sent through again leave the pending store (kept as
-        history, ``redrivenBy`` the run); a letter already marked keeps its first mark."""
-        if not letter_ids:
-            return 0
+    def dead_letter_groups(self, pipeline: str, stage: str, run_id: str | None = None,
+                           until_id: int | None = None) -> list[tuple[int, str, str]]:
+        """``(first id, run id, batch id)`` of each batch of ``stage`` letters that has
+        one pending, in the order the batches were written; ``first id`` counts every
+        letter of the batch, pending or not, so it does not move as they are redriven."""
         t = dead_letters_table
-        try:
-            with self._engine.begin() as conn:
-                return conn.execute(t.update().where(t.c.pipeline == pipeline, t.c.id.in_(list(letter_ids)),
-                                                     t.c.redriven_by.is_(None))
-                                    .values(redriven_by=run_id, redriven_at=_utcnow())).rowcount
-        except sa.exc.DBAPIError as exc:
-            raise log_error(self.url, exc) from None
+        conditions = _dead_letter_filter(pipeline, run_id, False, stage)
+        if until_id is not None:
+            conditions.append(t.c.id <= until_id)
+        pending = sa.func.sum(sa.case((t.c.redriven_by.is_(None), 1), else_=0))
+        first = sa.func.min(t.c.id)
+        query = (sa.select(first, t.c.run_id, t.c.batch_id).where(*conditions)
+                 .group_by(t.c.run_id, t.c.batch_id).having(pending > 0).order_by(first))
+        with self._engine.connect() as conn:
+            return [(int(f), r, b) for f, r, b in conn.execute(query)]
 
     def close(self) -> None:
         """Release the pooled connections to ``url``; a later call reconnects."""
@@ -465,6 +475,15 @@ def _insert_letters(conn: sa.Connection, pipeline: str, run_id: str,
     return len(conn.execute(insert.on_conflict_do_nothing().returning(dead_letters_table.c.id), rows).all())
 
 
+def _mark_redriven(conn: sa.Connection, pipeline: str, letter_ids: Sequence[int], run_id: str) -> int:
+    """Letters a redrive sent through again leave the pending store (kept as history,
+    ``redriven_by`` the run); a letter already marked keeps its first mark."""
+    t = dead_letters_table
+    return conn.execute(t.update().where(t.c.pipeline == pipeline, t.c.id.in_(list(letter_ids)),
+                                         t.c.redriven_by.is_(None))
+                        .values(redriven_by=run_id, redriven_at=_utcnow())).rowcount
+
+
 def _put_snapshot(conn: sa.Connection, pipeline: str, seq: int, parts: Sequence[bytes]) -> None:
     t = snapshots_table
     previous = conn.execute(sa.select(sa.func.max(t.c.seq)).where(t.c.pipeline == pipeline, t.c.seq < seq)).scalar()
@@ -496,7 +515,7 @@ def _dead_letter_filter(pipeline: str, run_id: str | None, pending: bool = False
 
 def _dead_letter_view(row) -> dict:
     return {"id": row.id, "pipeline": row.pipeline, "runId": row.run_id, "batchId": row.batch_id,
-            "stage": row.stage, "reason": row.reason, "record": json.loads(row.record),
+            "idx": row.idx, "stage": row.stage, "reason": row.reason, "record": json.loads(row.record),
             "recordedAt": _as_utc(row.recorded_at).isoformat(), "redrivenBy": row.redriven_by,
             "redrivenAt": _as_utc(row.redriven_at).isoformat() if row.redriven_at is not None else None,
             "schema": row.arrow_schema}

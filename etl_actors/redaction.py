@@ -19,6 +19,7 @@ its text through :func:`redact_text`.
 """
 from __future__ import annotations
 
+import base64
 import re
 import threading
 from typing import Any, Iterable, Mapping
@@ -55,12 +56,18 @@ def split_userinfo(url: str) -> tuple[str, str | None, str | None, str] | None:
 
     The userinfo ends at the *last* ``@`` (as browsers read URLs), so a password with
     an unencoded ``@`` is read whole; an ``@`` that follows a '/', '?' or '#' in the
-    user part belongs to a path or query, not to userinfo.
+    user part belongs to a path or query, not to userinfo. A URL written without its
+    scheme (``user:pw@host/path``, a mistake a spec error quotes) is read the same way
+    when the part before the ``@`` holds a ':' and no space.
     """
     match = _SCHEME.match(url)
     if match is None:
-        return None
-    head, body = match.group(0), url[match.end():]
+        at = url.rfind("@")
+        if at < 0 or ":" not in url[:at] or any(c.isspace() for c in url[:at]):
+            return None
+        head, body = "", url
+    else:
+        head, body = match.group(0), url[match.end():]
     at = body.rfind("@")
     if at < 0:
         return None
@@ -91,6 +98,10 @@ def secrets_of(url: Any) -> set[str]:
     parts = split_userinfo(text)
     if parts is not None and parts[2]:
         found.add(parts[2])
+        # an HTTP client sends userinfo as ``Authorization: Basic base64(user:password)``
+        # and a server may echo it back
+        credentials = f"{unquote(parts[1] or '')}:{unquote(parts[2])}".encode("utf-8", "replace")
+        found.add(base64.b64encode(credentials).decode())
     for _, name, value in _QUERY_PAIR.findall(text):
         if value and is_secret_name(unquote(name)):
             found.add(value)

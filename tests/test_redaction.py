@@ -34,7 +34,16 @@ def test_a_password_with_an_unencoded_at_sign_is_read_whole():
 
 
 def test_secrets_of_gives_each_secret_as_written_and_decoded():
-    assert secrets_of("postgresql://etl:pa%40ss@db/etl?token=t%2Fok") == {"pa%40ss", "pa@ss", "t%2Fok", "t/ok"}
+    import base64
+
+    basic = base64.b64encode(b"etl:pa@ss").decode()      # how an HTTP client sends the userinfo
+    assert secrets_of("postgresql://etl:pa%40ss@db/etl?token=t%2Fok") == {"pa%40ss", "pa@ss", "t%2Fok", "t/ok", basic}
+
+
+def test_a_url_written_without_its_scheme_still_hides_its_password():
+    assert redact_url("hook:Pw4Secret@host/alerts") == "hook:***@host/alerts"
+    assert "Pw4Secret" in secrets_of("hook:Pw4Secret@host/alerts")
+    assert redact_url("someone@example.com") == "someone@example.com"
 
 
 def test_redact_text_hides_urls_keyword_strings_and_header_lines_in_messages():

@@ -122,7 +122,8 @@ class PipelineSupervisor:
         self.checkpoint = streams_projection.project(recorded)
         self.alerts = alerts.project(recorded, self.spec.name, self.alert_options)
 
-    def append(self, *events: ev.Event, snapshot: tuple | None = None, letters: tuple | None = None) -> None:
+    def append(self, *events: ev.Event, snapshot: tuple | None = None, letters: tuple | None = None,
+               redriven: tuple | None = None) -> None:
         """Append to the stream at the version this supervisor holds, fenced by its
         lease while a run holds one; fold the events, then tell the listeners (a
         listener that fails is reported, and changes neither the log nor the folds)."""
@@ -130,7 +131,7 @@ class PipelineSupervisor:
         fence = (self.spec.name, self.lease.epoch) if self.lease is not None else None
         started = time.perf_counter()
         self.version = self.log.append(self.spec.stream, list(events), expected_version=self.version, fence=fence,
-                                       snapshot=snapshot, letters=letters)
+                                       snapshot=snapshot, letters=letters, redriven=redriven)
         self.log_cost[0] += len(events)
         self.log_cost[1] += time.perf_counter() - started
         failed = 0
@@ -604,12 +605,12 @@ class _Run:
             if result["failed"]:
                 events.append(ev.RecordsRejected(run_id=self.run_id, batch_id=batch_id, stage="load",
                                                  count=result["failed"], reason=result.get("reason", "")))
-        if self.redrive:   # the letters leave the store; the source's watermark does not move
-            if report.get("letter_ids"):
+        if self.redrive:   # the letters leave the store with the event saying so; no watermark moves
+            ids = report.get("letter_ids", [])
+            if ids:
                 events.append(ev.LettersRedriven(run_id=self.run_id, batch_id=batch_id, stage=partition,
-                                                 letter_ids=report["letter_ids"]))
-            self.sup.append(*events)
-            self.sup.log.mark_redriven(self.spec.name, report.get("letter_ids", ()), self.run_id)
+                                                 letter_ids=ids))
+            self.sup.append(*events, redriven=(self.spec.name, ids, self.run_id))
             return
         advanced, position = self.commits[partition].mark_loaded(batch_id, report["position"])
         if advanced:

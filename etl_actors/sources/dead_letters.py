@@ -7,13 +7,16 @@ a redrive cannot replay are left pending: ``extract`` (a row the source could no
 parse, or a partition it could not read, which every normal run reads again) and
 ``window`` (a late event: its window has been emitted).
 
-Partitions are the stages; batches are at most ``batch_size`` letters in id order,
-named by the letter ids they hold, so a redrive interrupted and run again forms the
-same batches and a ledgered sink recognises the ones it already loaded. Rows get back
+Partitions are the stages; a batch is a chunk of at most ``batch_size`` letters of one
+original batch (by their index in it), named by that batch and chunk, so a redrive
+interrupted and run again forms the same batches (with the same letters: a batch's
+letters are marked redriven in the transaction that records it) and a ledgered sink
+recognises the ones it already loaded. Rows get back
 the Arrow types they had when they failed (the schema is stored with the letter).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Mapping
@@ -52,29 +55,28 @@ class DeadLetterSource(Source):
         return {s: n for s, n in stages.items() if self.stage is None or s == self.stage}
 
     def read(self, partition: str, position: Any | None) -> Iterator[SourceBatch]:
-        after = int(position or 0)
+        """The pending letters of stage ``partition``: one batch per chunk of
+        ``batch_size`` letters of one original batch (by their index in it), so a batch
+        is named by what it holds, whichever letters are still pending and however the
+        store is paged; ``position`` ``[first id of the original batch, chunk]``
+        resumes after that chunk."""
+        after_first, after_chunk = position if position else (0, -1)
         log = self._log()
-        while True:
-            letters = [d for d in log.dead_letters(self.pipeline, self.run_id, limit=self.batch_size, pending=True,
-                                                   stage=partition, after_id=after) if d["id"] <= self.until_id]
-            if not letters:
-                return
-            yield from self._batches(partition, letters)
-            after = letters[-1]["id"]
-
-    def _batches(self, stage: str, letters: list[dict]) -> Iterator[SourceBatch]:
-        """One batch per run of consecutive letters sharing a schema (a batch holds one
-        table) and the run they came from (whose run-wide state, such as a unique
-        rule's seen values, judges them again)."""
-        start = 0
-        for end in range(1, len(letters) + 1):
-            if end == len(letters) or _group(letters[end]) != _group(letters[start]):
-                group = letters[start:end]
-                ids = [d["id"] for d in group]
-                yield SourceBatch(table=_table(group), batch_id=f"redrive:{stage}:{ids[0]}-{ids[-1]}",
-                                  partition=stage, position=ids[-1], resume_at=stage,
-                                  letter_ids=tuple(ids), origin_run=group[0]["runId"])
-                start = end
+        for first, run_id, batch_id in log.dead_letter_groups(self.pipeline, partition, self.run_id, self.until_id):
+            if first < after_first:
+                continue
+            letters = [d for d in log.dead_letters(self.pipeline, run_id, pending=True, stage=partition,
+                                                   batch_id=batch_id) if d["id"] <= self.until_id]
+            chunks: dict[int, list[dict]] = {}
+            for letter in letters:
+                chunks.setdefault(letter["idx"] // self.batch_size, []).append(letter)
+            for chunk, group in sorted(chunks.items()):
+                if first == after_first and chunk <= after_chunk:
+                    continue
+                yield SourceBatch(table=_table(group), partition=partition, position=[first, chunk],
+                                  batch_id=f"redrive:{partition}:{_digest(run_id, batch_id)}:{chunk}",
+                                  resume_at=partition, letter_ids=tuple(d["id"] for d in group),
+                                  origin_run=run_id)
 
     def estimate_bytes(self, partition: str) -> int | None:
         return None
@@ -88,8 +90,8 @@ class DeadLetterSource(Source):
         return EventLog(self.log_url)
 
 
-def _group(letter: dict) -> tuple:
-    return letter["schema"], letter["runId"]
+def _digest(run_id: str, batch_id: str) -> str:
+    return hashlib.sha256(f"{run_id}\0{batch_id}".encode()).hexdigest()[:20]
 
 
 def _table(letters: list[dict]) -> pa.Table:
