@@ -481,6 +481,9 @@ def _with_validation(root: Section, steps: tuple, ctx: SpecContext, collect: _Co
     destination}``)."""
     if not root.has("validation"):
         return steps
+    if root.has("stream"):
+        raise SpecError("validation", "validation rules run in batch pipelines (pipeline:, batch:); a stream's "
+                                      "processors are map, filter, function, join and enrich")
     from .transforms.validate import ValidateStep
 
     section = root.section("validation")

@@ -23,7 +23,7 @@ from typing import Any
 from .errors import SpecError
 from .spec import Section, SpecContext, _Collected, build_plugin
 
-_STREAM_STEPS = ("map", "filter", "function", "join")
+_STREAM_STEPS = ("map", "filter", "function", "join", "enrich")
 
 
 @dataclass(frozen=True)
