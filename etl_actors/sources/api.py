@@ -186,6 +186,9 @@ class ApiSource(Source):
                 "errorHandling": self.error_handling, "http": self.http.describe()}
 
 
+REPEATS = 5     # identical pages in a row (after the first) that end a sync as an API that does not move on
+
+
 @dataclass(frozen=True)
 class _Sync:
     """Where a sync stands: its ``since``, pages read, the next page's key, the
@@ -197,6 +200,8 @@ class _Sync:
     next: Any
     max: Any
     schema: pa.Schema | None = None
+    digest: str | None = None           # the page before's rows (not kept): an API that repeats a page
+    repeats: int = 0                    # ... REPEATS times in a row, saying more follow, stops the sync
 
     @classmethod
     def resume(cls, source: ApiSource, position: Any) -> "_Sync":
@@ -219,8 +224,14 @@ class _Sync:
             return None, None                    # nothing new: the committed position stands
         table = to_table(records) if records or self.schema is None else self.schema.empty_table()
         digest = table_digest(table, "sha1", 12)
+        repeats = self.repeats + 1 if records and digest == self.digest else 0
+        if repeats >= REPEATS and not last:
+            raise TerminalError(f"pages {self.page + 1 - repeats} to {self.page + 1} of {source.where} hold the same "
+                                "records and say more follow: the API does not move on (check the pagination "
+                                "settings)", partition=partition)
         batch = SourceBatch(table, f"{PARTITION}:{self.since or '-'}:{self.page + 1}:{digest}", partition, position)
-        return batch, (None if last else _Sync(self.since, self.page + 1, following, greatest, table.schema))
+        return batch, (None if last else _Sync(self.since, self.page + 1, following, greatest, table.schema, digest,
+                                               repeats))
 
 
 def _rebuild(cls: type, values: dict) -> Any:

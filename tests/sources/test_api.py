@@ -391,3 +391,18 @@ def test_run_sync_works_from_a_thread_that_already_runs_an_event_loop(api):
 
     assert asyncio.run(inside_a_loop()) == 200
     run_sync(client.close())
+
+
+def test_an_api_repeating_the_same_page_while_saying_more_follow_fails_the_sync_naming_the_pages(api):
+    api.respond("/page", 200, body=json.dumps({"results": [{"id": 1}, {"id": 2}], "has_more": True}).encode(),
+                times=None)
+    with pytest.raises(TerminalError) as caught:
+        list(source(endpoint=api.url_for("/page")).read("api", None))
+    assert "pages 1 to 6" in str(caught.value) and "does not move on" in str(caught.value)
+    assert caught.value.partition == "api"            # a partition failure: the position stays before it
+
+
+def test_identical_records_on_a_few_pages_in_a_row_are_still_read(api):
+    api.records = [{"id": 1, "updated_at": "2024-01-01T00:00:00+00:00"}] * 4
+    batches = list(source(endpoint=api.url_for("/page"), pagination={"type": "page", "size": 1}).read("api", None))
+    assert [b.table.num_rows for b in batches] == [1, 1, 1, 1] and len({b.batch_id for b in batches}) == 4
