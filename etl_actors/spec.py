@@ -462,6 +462,10 @@ def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
     alerts = _alerts(root, collect)
     schedule = collect(lambda: root.get("schedule", None, types=dict))
     pricing = collect(lambda: root.get("pricing", None, types=dict))
+    if pricing is not None:
+        from .pricing import check_pricing   # here: pricing reads specs
+
+        collect(check_pricing, root.section("pricing"))
     collect(root.done, ("version", "description", "metadata", "pipeline", "batch", "stream", "validation",
                         "alerts"))
     if not collect.errors:
