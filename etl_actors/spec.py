@@ -461,6 +461,10 @@ def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
     sinks = destination if isinstance(destination, tuple) else (destination,)
     alerts = _alerts(root, collect)
     schedule = collect(lambda: root.get("schedule", None, types=dict))
+    if schedule is not None:
+        from .schedules import Schedule   # here: schedules read specs
+
+        collect(Schedule.from_spec, root.section("schedule"))
     pricing = collect(lambda: root.get("pricing", None, types=dict))
     if pricing is not None:
         from .pricing import check_pricing   # here: pricing reads specs
