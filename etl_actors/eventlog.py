@@ -84,6 +84,19 @@ dead_letters_table = sa.Table(
     sqlite_autoincrement=True,
 )
 
+# A ``unique`` validation rule's seen values, shared by the transformers of a run (see
+# quality_store): each value's hash owned by the first record (batch id, index) claiming it.
+quality_seen_table = sa.Table(
+    "etl_quality_seen", metadata,
+    sa.Column("pipeline", sa.Text, primary_key=True),
+    sa.Column("run_id", sa.Text, primary_key=True),
+    sa.Column("rule", sa.Text, primary_key=True),
+    sa.Column("value_hash", sa.Text, primary_key=True),
+    sa.Column("batch_id", sa.Text, nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("claimed_at", sa.Float, nullable=True),
+)
+
 # One row per pipeline: who may write its stream (the epoch is the fencing token) and
 # until when (``expires_at``, by the database's clock, moved on by each heartbeat).
 leases_table = sa.Table(
@@ -396,12 +409,14 @@ def check_fence(conn: sa.Connection, pipeline: str, epoch: int) -> None:
 
 
 @contextmanager
-def _write_transaction(engine: sa.Engine, lock_key: int) -> Iterator[sa.Connection]:
+def _write_transaction(engine: sa.Engine, lock_key: int | None) -> Iterator[sa.Connection]:
     """A transaction that holds the log's write lock from its first statement:
-    ``BEGIN IMMEDIATE`` on SQLite, ``pg_advisory_xact_lock(lock_key)`` on PostgreSQL."""
+    ``BEGIN IMMEDIATE`` on SQLite, ``pg_advisory_xact_lock(lock_key)`` on PostgreSQL
+    (without ``lock_key``: PostgreSQL's row locks alone)."""
     with engine.connect() as conn:
         if is_postgres(engine):
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+            if lock_key is not None:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         try:

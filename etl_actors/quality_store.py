@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -30,29 +28,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .batch import jsonable
-from .db import db_reason, engine_for, is_postgres, redact
+from .db import db_reason, engine_for, redact
 from .errors import EtlError, TerminalError, TransientError
-from .eventlog import CREATE_LOCK_KEY, _write_transaction
+from .eventlog import EventLog, _write_transaction, quality_seen_table
 
 CHUNK = 5000    # values per IN list / bulk insert, well below SQLite's and PostgreSQL's parameter limits
 
-metadata = sa.MetaData()
-
-seen_table = sa.Table(
-    "etl_quality_seen", metadata,
-    sa.Column("pipeline", sa.Text, primary_key=True),
-    sa.Column("run_id", sa.Text, primary_key=True),
-    sa.Column("rule", sa.Text, primary_key=True),
-    sa.Column("value_hash", sa.Text, primary_key=True),
-    sa.Column("batch_id", sa.Text, nullable=False),
-    sa.Column("idx", sa.Integer, nullable=False),
-    sa.Column("claimed_at", sa.Float, nullable=True),
-)
+seen_table = quality_seen_table
 KEEP_RUNS = 10
 
-_ready: set[str] = set()
 _swept: set[tuple[str, str, str]] = set()
-_lock = threading.Lock()
 
 
 def value_hash(value: Any) -> str:
@@ -137,34 +122,17 @@ def _sweep_other_runs(conn: sa.Connection, url: str, pipeline: str, run_id: str)
     _swept.add(key)
 
 
-@contextmanager
-def _claiming(engine: sa.Engine) -> Iterator[sa.Connection]:
+def _claiming(engine: sa.Engine):
     """A transaction that writes first: SQLite takes its write lock at ``BEGIN
     IMMEDIATE`` (waiting within the busy timeout), PostgreSQL row locks as it inserts."""
-    with engine.connect() as conn:
-        if not is_postgres(engine):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
+    return _write_transaction(engine, None)
 
 
 def _ready_engine(url: str) -> sa.Engine:
-    """The engine at ``url``, with ``etl_quality_seen`` created once per URL and process."""
-    engine = engine_for(url)
-    if url not in _ready:
-        with _lock:
-            if url not in _ready:
-                try:
-                    with _write_transaction(engine, CREATE_LOCK_KEY) as conn:
-                        metadata.create_all(conn, checkfirst=True)
-                except sa.exc.DBAPIError as exc:
-                    raise _store_error(url, exc) from None
-                _ready.add(url)
-    return engine
+    """The engine of the event log at ``url``; opening the log creates ``etl_quality_seen``
+    (once per URL and process), and says so when the log cannot be reached."""
+    EventLog(url)
+    return engine_for(url)
 
 
 def _store_error(url: str, exc: BaseException) -> EtlError:
