@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 from .checks import check_pipeline
@@ -397,8 +397,6 @@ def _pipeline_body(root: Section, ctx: SpecContext,
 def _with_destination(body: Section, ctx: SpecContext) -> SpecContext:
     """``ctx`` knowing the (first) destination's connection URL, when it has one: a
     foreign-key rule's reference table defaults to that database."""
-    import dataclasses
-
     raw = body.data.get("destination") or next(iter(body.data.get("destinations") or []), None)
     if not isinstance(raw, Mapping) or "connection" not in raw:
         return ctx
@@ -406,7 +404,7 @@ def _with_destination(body: Section, ctx: SpecContext) -> SpecContext:
         url = ctx.connection(Section(raw, body.at("destination")))
     except SpecError:
         return ctx   # the sink reports its own bad connection
-    return dataclasses.replace(ctx, destination_url=url)
+    return replace(ctx, destination_url=url)
 
 
 def _destinations(body: Section, ctx: SpecContext, collect: _Collected) -> Any:
@@ -511,10 +509,8 @@ def _alerts(root: Section, collect: _Collected):
 
 
 def parse_file(path: str) -> PipelineSpec:
-    import dataclasses
-
     spec = parse(load_file(path), base_dir=os.path.dirname(os.path.abspath(path)))
-    return dataclasses.replace(spec, spec_file=os.path.abspath(path))
+    return replace(spec, spec_file=os.path.abspath(path))
 
 
 def parse_any(spec: "str | os.PathLike | Mapping[str, Any] | PipelineSpec") -> PipelineSpec:
