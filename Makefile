@@ -21,8 +21,9 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.core
 	$(BIN)/python examples/demo.py
 
-## make test: install the dev extra, start PostgreSQL, run every test
+## make test: install the dev extra and Chromium, start PostgreSQL, run every test
 test: $(VENV)/.dev
+	bash scripts/install_chromium.sh
 	ETL_TEST_PG_URL="$$(bash scripts/start_postgres.sh)" $(BIN)/python -m pytest -q
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python

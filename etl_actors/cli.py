@@ -85,6 +85,39 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument("pipeline", nargs="?")
     alerts.add_argument("--log", help=log_help)
     alerts.add_argument("--json", action="store_true")
+
+    bill = sub.add_parser("bill", help="charges and invoice totals, from the event log")
+    bill.add_argument("--customer", help="only this customer's charges")
+    bill.add_argument("--period", help="only this month's (YYYY-MM, UTC)")
+    bill.add_argument("--log", help=log_help)
+    bill.add_argument("--json", action="store_true")
+
+    serve = sub.add_parser("serve", help="serve the service API and the status page")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--log", help=log_help)
+
+    keys = sub.add_parser("keys", help="API keys of the service: create, list, revoke")
+    keys_sub = keys.add_subparsers(dest="keys_action", required=True, parser_class=_Parser)
+    create = keys_sub.add_parser("create", help="print a new key once (only its hash is stored)")
+    role = create.add_mutually_exclusive_group(required=True)
+    role.add_argument("--admin", action="store_true", help="a key that manages services and sees everything")
+    role.add_argument("--customer", metavar="ID", help="a key that sees only this customer's objects")
+    create.add_argument("--log", help=log_help)
+    listing = keys_sub.add_parser("list", help="the keys (prefix, role, customer, created, revoked)")
+    listing.add_argument("--log", help=log_help)
+    listing.add_argument("--json", action="store_true")
+    revoke = keys_sub.add_parser("revoke", help="revoke the key starting with PREFIX")
+    revoke.add_argument("prefix")
+    revoke.add_argument("--log", help=log_help)
+
+    schedule = sub.add_parser("schedule", help="fire pipelines on their schedule: start (or reuse) the "
+                                               "detached scheduler actor and return")
+    schedule.add_argument("specs", nargs="*", metavar="SPEC")
+    schedule.add_argument("--list", action="store_true", help="the schedules armed and their next fire times")
+    schedule.add_argument("--stop", metavar="NAME", help="disarm the schedule of pipeline NAME")
+    schedule.add_argument("--log", help=log_help)
+    schedule.add_argument("--json", action="store_true")
     return parser
 
 
@@ -394,8 +427,33 @@ class _ProgressBar:
         sys.stderr.flush()
 
 
+def _cmd_bill(args) -> int:
+    from .billing import bill_command
+
+    return bill_command(args)
+
+
+def _cmd_serve(args) -> int:
+    from .service.app import serve_command
+
+    return serve_command(args)
+
+
+def _cmd_keys(args) -> int:
+    from .service.keys import keys_command
+
+    return keys_command(args)
+
+
+def _cmd_schedule(args) -> int:
+    from .scheduler import schedule_command
+
+    return schedule_command(args)
+
+
 _COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "status": _cmd_status, "events": _cmd_events,
-             "dlq": _cmd_dlq, "quality": _cmd_quality, "alerts": _cmd_alerts}
+             "dlq": _cmd_dlq, "quality": _cmd_quality, "alerts": _cmd_alerts, "bill": _cmd_bill,
+             "serve": _cmd_serve, "keys": _cmd_keys, "schedule": _cmd_schedule}
 
 
 def _say(message: str) -> None:

@@ -401,3 +401,145 @@ class AlertDelivered(Event):
     status: int | None
     attempts: int
     error: str = ""
+
+
+# --- usage, billing and projections (issue 8) -----------------------------------------
+
+@dataclass(frozen=True)
+class UsageRecorded(Event):
+    """What a run used, for billing, in the pipeline's stream: ``bytes`` read from the
+    source, ``records`` processed (loaded into the sinks), ``enriched`` records (rows a
+    lookup gave fields to) since the run's previous ``UsageRecorded``; for a stream also
+    ``hours``: ``[{"start": epoch s of the clock hour (UTC), "seconds", "events"}]``
+    covering the same span. A batch run appends one, just before its end event
+    (``final``); a stream appends one at least every clock hour and one at its end."""
+    pipeline: str
+    run_id: str
+    bytes: int = 0
+    records: int = 0
+    enriched: int = 0
+    hours: list = field(default_factory=list)
+    final: bool = True
+
+
+@dataclass(frozen=True)
+class ProjectionSnapshot(Event):
+    """The state of projection ``name`` folded from its stream up to ``version`` (or,
+    for a projection of the whole log, up to global ``position``): a reader resumes
+    from the newest snapshot instead of replaying everything before it."""
+    name: str
+    version: int = 0
+    position: int = 0
+    state: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceCreated(Event):
+    """A service (stream ``service:<service_id>``): a pipeline spec sold with a pricing
+    model. ``spec`` is the spec as given (secrets only as ``${ENV}`` references), its
+    ``name`` the service's pipeline name; ``title`` the seed's display name.
+    ``customer_id`` is who the service's scheduled runs are charged to ('' = nobody)."""
+    service_id: str
+    title: str
+    spec: dict
+    kind: str = "pipeline"           # pipeline | stream | batch | validation
+    customer_id: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceRequested(Event):
+    """A request for one run of a service (stream ``request:<request_id>``, version 1)."""
+    request_id: str
+    service_id: str
+    customer_id: str = ""
+    inputs: dict = field(default_factory=dict)
+    trigger: str = "api"             # api | schedule
+
+
+@dataclass(frozen=True)
+class RequestStarted(Event):
+    """The request's run began (as ``run_id`` of pipeline ``pipeline``)."""
+    request_id: str
+    run_id: str
+    pipeline: str
+
+
+@dataclass(frozen=True)
+class RequestFinished(Event):
+    """The request's result as the seed delivers it: ``status`` success | failed and
+    ``outputs`` ``{success, recordsProcessed, bytesProcessed, duration, steps}``."""
+    texts: ClassVar[tuple[str, ...]] = ("error",)
+    request_id: str
+    run_id: str
+    status: str
+    outputs: dict = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class PaymentCharged(Event):
+    """One charge (stream ``charge:<charge_id>``, version 1, so a charge is recorded
+    once however often the billing projection replays): ``charge_id`` is the request id,
+    or ``<request id>@<clock hour ISO>`` for a stream's hour. ``amount`` is the exact
+    Decimal as text; invoices round lines half-up to cents."""
+    charge_id: str
+    request_id: str
+    service_id: str
+    customer_id: str
+    amount: str
+    currency: str = "USD"
+    description: str = ""
+    usage: dict = field(default_factory=dict)
+    period: str = ""                 # YYYY-MM (UTC) the charge is invoiced in
+
+
+@dataclass(frozen=True)
+class ApiKeyCreated(Event):
+    """An API key (stream ``key:<key_id>``): only its SHA-256 ``digest`` is kept;
+    ``key_id`` is its public prefix. ``role`` admin | customer."""
+    key_id: str
+    digest: str
+    role: str
+    customer_id: str = ""
+
+
+@dataclass(frozen=True)
+class ApiKeyRevoked(Event):
+    key_id: str
+
+
+@dataclass(frozen=True)
+class ScheduleFired(Event):
+    """A schedule's fire time came (stream ``schedule:<pipeline>``): ``run_id`` of the
+    pipeline's run it started, or ``request_id`` of a service's request."""
+    pipeline: str
+    fire_time: float
+    run_id: str = ""
+    request_id: str = ""
+    catch_up: bool = False           # fired late, after downtime
+
+
+@dataclass(frozen=True)
+class ScheduleSkipped(Event):
+    """A fire time that started nothing: ``reason`` says why (a run in progress,
+    missed during downtime and not caught up)."""
+    texts: ClassVar[tuple[str, ...]] = ("reason",)
+    pipeline: str
+    fire_time: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScheduleArmed(Event):
+    """The scheduler took the schedule on at ``at`` (its first ``last_fired``), from
+    ``spec`` (a file) or a service; ``ScheduleDisarmed`` when it is stopped."""
+    pipeline: str
+    expression: str
+    timezone: str = "UTC"
+    spec: str = ""
+    service_id: str = ""
+
+
+@dataclass(frozen=True)
+class ScheduleDisarmed(Event):
+    pipeline: str

@@ -97,7 +97,8 @@ class Pipeline:
         return self.spec.name
 
     def run(self, log: str | None = None, runtime: str = "ray", trigger: str = "manual",
-            reset: bool = False, force: bool = False, until_idle: float | None = None) -> dict:
+            reset: bool = False, force: bool = False, until_idle: float | None = None,
+            run_id: str | None = None) -> dict:
         """Run once from the committed watermark (from the start of the source with
         ``reset``); return the run summary (``status`` is ``success`` or ``failed``).
         A stream runs until stopped (Ctrl-C, SIGTERM, :meth:`stop` from elsewhere) or,
@@ -105,8 +106,9 @@ class Pipeline:
 
         Raises :class:`~etl_actors.errors.LeaseHeld` while another run of this pipeline
         is live (anywhere that shares the event log), unless ``force``: then that run
-        is recorded as interrupted and fenced out."""
-        return self._run(log, runtime, trigger, reset, force, until_idle)
+        is recorded as interrupted and fenced out. ``run_id`` names the run (a fresh id
+        when not given), so a caller can follow it in the log as it goes."""
+        return self._run(log, runtime, trigger, reset, force, until_idle, run_id=run_id)
 
     def redrive(self, log: str | None = None, runtime: str = "ray", run_id: str | None = None,
                 stage: str | None = None) -> dict:
@@ -121,13 +123,13 @@ class Pipeline:
                              "cannot be sent through it again")
         return self._run(log, runtime, "redrive", False, False, None, {"run": run_id, "stage": stage})
 
-    def _run(self, log, runtime, trigger, reset, force, until_idle, redrive=None) -> dict:
+    def _run(self, log, runtime, trigger, reset, force, until_idle, redrive=None, run_id=None) -> dict:
         log_url = self._log(log, runtime)
         if runtime == "local":
-            return run_local(self.spec, log_url, trigger, reset, force, until_idle, redrive)
+            return run_local(self.spec, log_url, trigger, reset, force, until_idle, redrive, run_id)
         supervisor = self._ray_supervisor(log_url, force)
         try:
-            return run_supervised(supervisor, trigger, reset, force, until_idle, redrive)
+            return run_supervised(supervisor, trigger, reset, force, until_idle, redrive, run_id)
         except BaseException:
             self.close()
             raise
@@ -227,10 +229,11 @@ def _local_supervisor(spec: PipelineSpec, log_url: str):
 
 
 def run_local(spec: PipelineSpec, log_url: str, trigger: str = "manual", reset: bool = False,
-              force: bool = False, until_idle: float | None = None, redrive: dict | None = None) -> dict:
+              force: bool = False, until_idle: float | None = None, redrive: dict | None = None,
+              run_id: str | None = None) -> dict:
     """One run in this process. A stream stops gracefully on Ctrl-C (it commits a last
     checkpoint); a batch run is cancelled and recorded as interrupted."""
-    run_id = uuid.uuid4().hex[:12]
+    run_id = run_id or uuid.uuid4().hex[:12]
     supervisor = _local_supervisor(spec, log_url)
     stopped = []
 
@@ -314,15 +317,15 @@ def start_on_ray(spec: PipelineSpec, log_url: str, force: bool = False):
 
 
 def run_supervised(supervisor, trigger: str = "manual", reset: bool = False, force: bool = False,
-                   until_idle: float | None = None, redrive: dict | None = None) -> dict:
+                   until_idle: float | None = None, redrive: dict | None = None, run_id: str | None = None) -> dict:
     """Run through ``supervisor``; when it dies, Ray restarts it (its ``__init__``
     replays the log) and the run is asked for again, resuming from the watermark.
     An error the run raised is raised here as itself, not wrapped in Ray's."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    for attempt in range(SUPERVISOR_RETRIES + 1):
-        run = supervisor.run.remote(trigger, None, reset and attempt == 0, force and attempt == 0, until_idle,
+    for attempt in range(SUPERVISOR_RETRIES + 1):   # a restarted supervisor's retry is a run of its own
+        run = supervisor.run.remote(trigger, run_id if attempt == 0 else None, reset and attempt == 0, force and attempt == 0, until_idle,
                                     redrive)
         try:
             return ray.get(run)
