@@ -538,6 +538,7 @@ class ScheduleArmed(Event):
     timezone: str = "UTC"
     spec: str = ""
     service_id: str = ""
+    catch_up: str = "latest"         # none | latest | all: which fire times missed while down run
 
 
 @dataclass(frozen=True)
