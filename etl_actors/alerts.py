@@ -31,9 +31,9 @@ from __future__ import annotations
 import bisect
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from . import events as ev
@@ -166,6 +166,33 @@ class AlertState:
 
     def copy(self) -> "AlertState":
         return replace(self, recent=deque(self.recent), history=deque(self.history, maxlen=HISTORY))
+
+    def to_dict(self) -> dict:
+        """The state as plain types (alert events as their fields), for a snapshot."""
+        return {"recent": [list(pair) for pair in self.recent], "total": self.total, "latest": self.latest,
+                "open": _fields(self.open), "raised": self.raised,
+                "history": [{"raised": _fields(e.raised), "resolved": _fields(e.resolved),
+                             "delivered": _fields(e.delivered)} for e in self.history]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AlertState":
+        """The state :meth:`to_dict` wrote."""
+        history = (Episode(_event(ev.AlertRaised, e["raised"]), _event(ev.AlertResolved, e["resolved"]),
+                           _event(ev.AlertDelivered, e["delivered"])) for e in data["history"])
+        return cls(recent=deque(tuple(pair) for pair in data["recent"]), total=data["total"],
+                   latest=data["latest"], open=_event(ev.AlertRaised, data["open"]), raised=data["raised"],
+                   history=deque(history, maxlen=HISTORY))
+
+
+def _fields(event: ev.Event | None) -> dict | None:
+    return None if event is None else {f.name: getattr(event, f.name) for f in fields(event)}
+
+
+def _event(cls: type, data: dict | None):
+    if data is None:
+        return None
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def project(recorded: Iterable[ev.RecordedEvent | ev.Event], pipeline: str,
@@ -308,13 +335,23 @@ def listing(log, pipeline: str | None = None, now: float | None = None,
     first, as ``etl-actors alerts`` shows them. ``options_of(pipeline)`` gives a
     pipeline's options (default :class:`AlertOptions`()), used for the current count
     ``failuresInWindow`` at ``now`` (default: the clock)."""
-    now = time.time() if now is None else now
     names = [pipeline] if pipeline is not None else [
         stream[len(PIPELINE_PREFIX):] for stream in log.streams(PIPELINE_PREFIX)]
+    from .projections import snapshots   # here: snapshots fold alert states
+
+    options_of = options_of or (lambda name: AlertOptions())
+    states = {name: snapshots.recover(log, name, options_of(name)).alerts for name in names}
+    return rows_of(states, now, options_of)
+
+
+def rows_of(states: Mapping[str, AlertState], now: float | None = None,
+            options_of: Callable[[str], AlertOptions] | None = None) -> list[dict]:
+    """The listing of already folded ``{pipeline: state}`` (a server following the log
+    keeps them), newest first."""
+    now = time.time() if now is None else now
     rows = []
-    for name in names:
+    for name, state in states.items():
         options = options_of(name) if options_of else AlertOptions()
-        state = project(log.read(ev.pipeline_stream(name)), name, options)
         in_window = state.count(now, options.window_s)
         rows += [_row(episode, in_window) for episode in state.history]
     return sorted(rows, key=lambda row: (row["raisedAt"], row["alertId"]), reverse=True)

@@ -220,12 +220,25 @@ class EventLog:
         with self._engine.connect() as conn:
             return _stream_version(conn, stream)
 
-    def read(self, stream: str, from_version: int = 1) -> list[RecordedEvent]:
-        """The events of ``stream`` from ``from_version`` on, in version order."""
+    def read(self, stream: str, from_version: int = 1, limit: int | None = None) -> list[RecordedEvent]:
+        """The events of ``stream`` from ``from_version`` on, in version order (at most
+        ``limit`` when given)."""
         query = (sa.select(*_READ_COLUMNS)
                  .where(events_table.c.stream == stream, events_table.c.version >= from_version)
-                 .order_by(events_table.c.version))
+                 .order_by(events_table.c.version).limit(limit))
         return self._fetch(query)
+
+    def last_of_type(self, stream: str, type_name: str, before_version: int | None = None) -> RecordedEvent | None:
+        """The newest event of type ``type_name`` in ``stream`` (older than
+        ``before_version`` when given), or None. It walks the ``(stream, version)``
+        index back from the newest event and stops at the first match, so its cost is
+        the number of events after that match, not the stream's length."""
+        t = events_table
+        query = sa.select(*_READ_COLUMNS).where(t.c.stream == stream, t.c.type == type_name)
+        if before_version is not None:
+            query = query.where(t.c.version < before_version)
+        found = self._fetch(query.order_by(t.c.version.desc()).limit(1))
+        return found[0] if found else None
 
     def read_all(self, from_position: int = 0, limit: int | None = None,
                  stream_prefix: str | None = None, stream: str | None = None) -> list[RecordedEvent]:

@@ -23,10 +23,8 @@ from typing import Any, Mapping
 
 from .errors import EtlError, RunInterrupted, SpecError
 from .eventlog import EventLog, check_durable
-from .events import pipeline_stream
 from .leases import Leases
 from .projections import runs as runs_projection
-from .projections import watermarks as watermarks_projection
 from .spec import PipelineSpec, anchor_sqlite, parse, parse_file
 
 DEFAULT_LOG = "sqlite:///.etl_actors/events.db"
@@ -371,17 +369,16 @@ def stop_supervisor(supervisor) -> None:
 
 def pipeline_status(name: str, log_url: str, spec: PipelineSpec | None = None) -> dict:
     """What the log says of a pipeline: watermark, run count, the last run, and for a
-    stream its last checkpoint (watermark, open windows, events/s, lag per partition)."""
+    stream its last checkpoint (watermark, open windows, events/s, lag per partition);
+    read from the newest snapshot of its stream and the events after it."""
+    from .projections import snapshots
     from .projections import streams as streams_projection
 
-    recorded = EventLog(log_url).read(pipeline_stream(name))
-    runs = runs_projection.project(recorded)
-    marks = watermarks_projection.project(recorded)
-    view = spec.source.view_watermark if spec else None
-    last = runs.last(name)
-    status = {"pipeline": name, "watermark": view(marks) if view else marks, "runs": len(runs.of(name)),
+    state = snapshots.recover(EventLog(log_url), name)
+    marks, view = state.watermarks, spec.source.view_watermark if spec else None
+    last = state.runs.last(name)
+    status = {"pipeline": name, "watermark": view(marks) if view else marks, "runs": state.runs.count(name),
               "lastRun": runs_projection.summary(last, view) if last else None}
-    checkpoint = streams_projection.project(recorded)
-    if checkpoint is not None:
-        status["stream"] = streams_projection.view(checkpoint)
+    if state.checkpoint is not None:
+        status["stream"] = streams_projection.view(state.checkpoint)
     return status

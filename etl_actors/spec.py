@@ -386,10 +386,16 @@ def _pipeline_body(root: Section, ctx: SpecContext,
         steps: tuple = ()
         if processing is not None:
             steps = _transformations(processing, "transformations", ctx, collect)
+            chunk = collect(processing.positive_int, "chunk_size", None)
+            if chunk is not None and source is not None and hasattr(source, "batch_size"):
+                source = replace(source, batch_size=chunk)   # the seed's chunkSize: rows per batch
             collect(processing.done, ("chunk_size", *_RUNTIME_KEYS))
         destination = _destinations(body, ctx, collect)
         paths = {"source": body.at("source"), "transformations": f"{body.at('processing')}.transformations",
                  "destination": body.at("destinations" if body.has("destinations") else "destination")}
+        from .sinks.per_file import check_spec   # here: the per-file sink reads specs
+
+        collect(check_spec, source, steps, destination, paths["destination"])
         return source, steps, destination, processing if processing is not None else body, paths
     raise SpecError("pipeline", "is required (a spec declares 'pipeline', 'batch', 'stream' or 'validation')")
 

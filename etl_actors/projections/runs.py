@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable
 
 from .. import events as ev
@@ -43,11 +43,40 @@ class Run:
 
 @dataclass(frozen=True)
 class Runs:
-    """All runs of the event stream(s) folded so far, in start order."""
+    """All runs of the event stream(s) folded so far, in start order; a state read
+    back from a snapshot holds only some of them (see :meth:`to_dict`), and counts
+    the others in ``dropped``."""
 
     by_id: dict = field(default_factory=dict)
     order: tuple = ()
     watermarks: dict = field(default_factory=dict)   # pipeline -> {partition: position}
+    dropped: dict = field(default_factory=dict)      # pipeline -> runs folded but no longer held
+
+    def count(self, pipeline: str) -> int:
+        """How many runs of ``pipeline`` were folded, held or not."""
+        return len(self.of(pipeline)) + self.dropped.get(pipeline, 0)
+
+    def to_dict(self, keep: int | None = None) -> dict:
+        """Plain types (msgpack), for a snapshot; with ``keep`` (1 or more), only the
+        runs a running supervisor needs: every unfinished run and the last ``keep``
+        finished ones, the others counted in ``dropped`` (so :meth:`count` stays right;
+        a run gets no event once it ended, so the folds after it lose nothing)."""
+        finished = [r for r in self.order if self.by_id[r].status != "running"]
+        held = set(finished if keep is None else finished[max(0, len(finished) - keep):])
+        order = [r for r in self.order if r in held or self.by_id[r].status == "running"]
+        dropped = dict(self.dropped)
+        for run_id in self.order:
+            if run_id not in held and self.by_id[run_id].status != "running":
+                pipeline = self.by_id[run_id].pipeline
+                dropped[pipeline] = dropped.get(pipeline, 0) + 1
+        return {"order": order, "runs": {r: _run_dict(self.by_id[r]) for r in order},
+                "watermarks": self.watermarks, "dropped": dropped}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Runs":
+        """The state :meth:`to_dict` wrote."""
+        return cls(by_id={r: _run_of(d) for r, d in data["runs"].items()}, order=tuple(data["order"]),
+                   watermarks=data["watermarks"], dropped=data["dropped"])
 
     def last(self, pipeline: str | None = None) -> Run | None:
         for run_id in reversed(self.order):
@@ -61,6 +90,19 @@ class Runs:
 
     def unfinished(self, pipeline: str) -> list[Run]:
         return [r for r in self.of(pipeline) if r.status == "running"]
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(Run))
+
+
+def _run_dict(run: Run) -> dict:
+    return {name: getattr(run, name) for name in _RUN_FIELDS}
+
+
+def _run_of(data: dict) -> Run:
+    run = Run(**{k: v for k, v in data.items() if k in _RUN_FIELDS})
+    return replace(run, steps=tuple(tuple(step) for step in run.steps),
+                   failed_partitions=tuple(run.failed_partitions))
 
 
 def _merge_steps(steps: tuple, reported: list) -> tuple:

@@ -6,6 +6,7 @@ None); ``WatermarkReset`` forgets it.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Iterable
 
 from ..events import CheckpointCommitted, Event, RecordedEvent, WatermarkReset
@@ -25,6 +26,19 @@ def project(events: Iterable[Event | RecordedEvent]) -> CheckpointCommitted | No
     for event in events:
         state = evolve(state, event)
     return state
+
+
+def to_dict(state: CheckpointCommitted | None) -> dict | None:
+    """The state as plain types (the checkpoint's fields), for a snapshot."""
+    return None if state is None else {f.name: getattr(state, f.name) for f in fields(state)}
+
+
+def from_dict(data: dict | None) -> CheckpointCommitted | None:
+    """The state :func:`to_dict` wrote."""
+    if data is None:
+        return None
+    names = {f.name for f in fields(CheckpointCommitted)}
+    return CheckpointCommitted(**{k: v for k, v in data.items() if k in names})
 
 
 def view(state: CheckpointCommitted | None) -> dict | None:

@@ -68,7 +68,7 @@ class Extractor(Stage):
         if batch.rejects:
             _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch.batch_id, "extract", batch.rejects)
         report = {"batch_id": batch.batch_id, "partition": batch.partition, "position": batch.position,
-                  "rows": batch.table.num_rows, "bytes": int(batch.table.nbytes),
+                  "rows": batch.table.num_rows, "bytes": int(getattr(batch, "bytes", batch.table.nbytes)),
                   "rejected": len(batch.rejects), "reject_reason": _first_reason(batch.rejects)}
         if batch.resume_at is not None:
             report.update(resume_at=batch.resume_at, letter_ids=list(batch.letter_ids),
@@ -233,6 +233,13 @@ class Loader(Stage):
         return {"batch_id": batch_id, "loaded": result.loaded, "failed": result.failed,
                 "duplicate": result.duplicate, "bytes": int(table.nbytes),
                 "reason": result.dead_letters[0].reason if result.dead_letters else ""}
+
+    def complete_partition(self, partition: str, run_id: str) -> None:
+        """Every batch of ``partition`` is written: let the sink assemble its output
+        (idempotent, so a retry after a crash is harmless)."""
+        writer = self.writer
+        writer.run_id = run_id
+        writer.complete_partition(partition)
 
     def finish(self) -> None:
         self.writer.finish()

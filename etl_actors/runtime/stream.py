@@ -22,13 +22,17 @@ import time
 from typing import Any
 
 from .. import events as ev
+from ..billing import UsageMeter
 from ..errors import EtlError, TerminalError
 from .retry import is_transient
 from .supervisor import ChildLost
 
 
 class StreamRun:
-    """One stream run's moving parts; see the module docstring."""
+    """One stream run's moving parts; see the module docstring. ``clock`` (epoch
+    seconds) times the run's usage by UTC clock hour; tests replace it."""
+
+    clock = staticmethod(time.time)
 
     def __init__(self, sup, run_id: str, trigger: str, until_idle: float | None = None):
         self.sup, self.spec, self.run_id, self.trigger = sup, sup.spec, run_id, trigger
@@ -39,6 +43,7 @@ class StreamRun:
         self.failure: BaseException | None = None
         self.idle_s = 0.0
         self.restarts = 0
+        self.meter: UsageMeter | None = None     # usage since the last UsageRecorded, from RunStarted on
 
     # --- the run --------------------------------------------------------------------
 
@@ -58,7 +63,7 @@ class StreamRun:
             sup.append(ev.RunStarted(pipeline=spec.name, run_id=self.run_id, epoch=sup.epoch,
                                      watermark=dict(sup.watermarks), partitions=list(partitions)))
             await self._supervise()
-            sup.append(ev.RunSucceeded(run_id=self.run_id, metrics=self._metrics()))
+            sup.append(self._final_usage(), ev.RunSucceeded(run_id=self.run_id, metrics=self._metrics()))
         except BaseException as exc:  # noqa: BLE001 - every failure ends the run in the log
             if self.run_id not in sup.runs.by_id:
                 sup.append(ev.RunStarted(pipeline=spec.name, run_id=self.run_id, epoch=sup.epoch,
@@ -245,7 +250,9 @@ class StreamRun:
                 parts.append(report["snapshot"])
                 if report["emitted"] is not None:
                     self.floor = max(self.floor or report["emitted"], report["emitted"])
-        if not (final or pending["extracted"] or windows or pending["late"] or pending["letters"]):
+        now, meter = self.clock(), self._meter()
+        hourly = not final and meter.hour_passed(now)     # the first checkpoint of a clock hour records usage
+        if not (final or pending["extracted"] or windows or pending["late"] or pending["letters"] or hourly):
             return
         seconds = max(1e-6, time.monotonic() - self.last_commit)
         positions = dict(pending["positions"])
@@ -257,8 +264,11 @@ class StreamRun:
             rejected=pending["rejected"], loaded=pending["loaded"], late=pending["late"], windows=windows,
             bytes=pending["bytes"], lag=self._lag(positions), rate=pending["extracted"] / seconds,
             idle_s=self.idle_s if final else 0.0)
-        self.sup.append(event, snapshot=(self.spec.name, seq, parts) if self.window is not None else None,
+        meter = meter.add(now, event.extracted, event.bytes, event.loaded)
+        usage = [meter.recorded(now)] if hourly else []
+        self.sup.append(event, *usage, snapshot=(self.spec.name, seq, parts) if self.window is not None else None,
                         letters=(self.spec.name, self.run_id, pending["letters"]))
+        self.meter = meter.restarted(now) if hourly else meter
         self.restarts = 0
         self._reset_pending()
         self.last_commit = time.monotonic()
@@ -368,7 +378,21 @@ class StreamRun:
 
     async def _fail(self, exc: BaseException) -> None:
         self.sup.record_failure(self.run_id, exc, "the events since the last checkpoint are read again by the next run",
-                                self._metrics)
+                                self._metrics, usage=self._final_usage)
+
+    # --- usage ----------------------------------------------------------------------
+
+    def _meter(self) -> UsageMeter:
+        """The run's usage since its last ``UsageRecorded``: counted from ``RunStarted``,
+        of the checkpoints committed only (what a failure makes the next run read again
+        is billed once, then)."""
+        if self.meter is None:
+            self.meter = UsageMeter(self.spec.name, self.run_id, since=self.sup.runs.by_id[self.run_id].started_at)
+        return self.meter
+
+    def _final_usage(self) -> ev.UsageRecorded:
+        """The usage up to the end of the run, appended with its end event."""
+        return self._meter().recorded(self.clock(), final=True)
 
 
 def _spread(partitions: list[str], extractors: int) -> list[list[str]]:

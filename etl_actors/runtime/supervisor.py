@@ -19,13 +19,14 @@ import uuid
 from collections import deque
 from typing import Any, Mapping, Protocol
 
-from .. import alerts
+from .. import alerts, billing
 from .. import events as ev
 from ..batch import DeadLetter, jsonable
 from ..errors import ConcurrencyError, EtlError, LeaseLost, TerminalError, first_line
 from ..eventlog import EventLog
 from ..leases import Heartbeat, Leases, Owner, process_gone
 from ..projections import runs as runs_projection
+from ..projections import snapshots
 from ..projections import streams as streams_projection
 from ..projections import watermarks as watermarks_projection
 from ..spec import PipelineSpec
@@ -111,22 +112,21 @@ class PipelineSupervisor:
     # --- state from the log ---------------------------------------------------------
 
     def recover(self) -> None:
-        """Replay the stream: version, lease epoch, watermarks, run history."""
-        recorded = self.log.read(self.spec.stream)
-        self.version = recorded[-1].version if recorded else 0
-        self.epoch = max((r.event.epoch for r in recorded if isinstance(r.event, ev.LeaseAcquired)), default=0)
-        self.digest = next((r.event.digest for r in reversed(recorded)
-                            if isinstance(r.event, ev.PipelineDefined)), None)
-        self.watermarks = watermarks_projection.project(recorded)
-        self.runs = runs_projection.project(recorded)
-        self.checkpoint = streams_projection.project(recorded)
-        self.alerts = alerts.project(recorded, self.spec.name, self.alert_options)
+        """Resume from the stream's newest snapshot and fold the events after it (see
+        :mod:`..projections.snapshots`): version, lease epoch, spec digest, watermarks,
+        run history, last checkpoint, alert state."""
+        state = snapshots.recover(self.log, self.spec.name, self.alert_options)
+        self.version, self.epoch, self.digest = state.version, state.epoch, state.digest
+        self.watermarks, self.runs, self.checkpoint = state.watermarks, state.runs, state.checkpoint
+        self.alerts, self._snapshot_at = state.alerts, state.snapshot
 
     def append(self, *events: ev.Event, snapshot: tuple | None = None, letters: tuple | None = None,
                redriven: tuple | None = None) -> None:
         """Append to the stream at the version this supervisor holds, fenced by its
         lease while a run holds one; fold the events, then tell the listeners (a
-        listener that fails is reported, and changes neither the log nor the folds)."""
+        listener that fails is reported, and changes neither the log nor the folds).
+        Once more than ``snapshots.EVERY`` events were appended since the last
+        snapshot, the folded state follows as one (in an append of its own)."""
         events = tuple(ev.redacted(e) for e in events)
         fence = (self.spec.name, self.lease.epoch) if self.lease is not None else None
         started = time.perf_counter()
@@ -141,6 +141,10 @@ class PipelineSupervisor:
             self.checkpoint = streams_projection.evolve(self.checkpoint, event)
             self.alerts = alerts.evolve(self.alerts, event, self.alert_options)
             failed += alerts.failures(event)
+        if self.version - self._snapshot_at > snapshots.EVERY:
+            self.version = self._snapshot_at = snapshots.save_in(self.log, self.spec.stream, snapshots.PipelineState(
+                self.version, self.epoch, self.digest, self.watermarks, self.runs, self.checkpoint, self.alerts),
+                fence)
         if (failed or self.alerts.open is not None) and not self._deciding:
             self._alert()
         for event in events:
@@ -255,9 +259,11 @@ class PipelineSupervisor:
                                       limit=limit, delay=round(wait, 3)))
         await asyncio.sleep(wait)
 
-    def record_failure(self, run_id: str, exc: BaseException, abandoned: str, metrics) -> None:
-        """Append ``RunFailed`` for ``exc`` (for a Ctrl-C: saying what was ``abandoned``);
-        fenced out, record nothing (the run now holding the lease recorded the end)."""
+    def record_failure(self, run_id: str, exc: BaseException, abandoned: str, metrics, usage=None) -> None:
+        """Append ``RunFailed`` for ``exc`` (for a Ctrl-C: saying what was ``abandoned``),
+        just after the run's ``UsageRecorded`` (a failed run used resources too):
+        ``usage()``, by default the figures of the run's summary; fenced out, record
+        nothing (the run now holding the lease recorded the end)."""
         if isinstance(exc, ConcurrencyError):
             self._lease_lost = self._lease_lost or exc
             return
@@ -265,8 +271,9 @@ class PipelineSupervisor:
             message = f"interrupted (Ctrl-C): {abandoned}"
         else:
             message = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
+        used = usage() if usage is not None else billing.run_usage(self.runs.by_id[run_id])
         try:
-            self.append(*self.quality_report(run_id),
+            self.append(*self.quality_report(run_id), used,
                         ev.RunFailed(run_id=run_id, error=message or type(exc).__name__, metrics=metrics()))
         except ConcurrencyError:
             pass
@@ -449,8 +456,8 @@ class _Run:
         if self.sup._stopping:
             self.sup._stopping = False
             raise EtlError(f"{self.sup._stop_reason}: ended after the batches in flight were committed")
-        self.sup.append(*self.sup.quality_report(self.run_id), ev.RunSucceeded(run_id=self.run_id,
-                                                                              metrics=self._metrics()))
+        self.sup.append(*self.sup.quality_report(self.run_id), billing.run_usage(self.sup.runs.by_id[self.run_id]),
+                        ev.RunSucceeded(run_id=self.run_id, metrics=self._metrics()))
 
     def _metrics(self) -> dict:
         return runs_projection.summary(self.sup.runs.by_id[self.run_id])
@@ -580,7 +587,9 @@ class _Run:
             self.partials.append(out)
             self._loaded(report, {"loaded": 0, "failed": 0, "duplicate": False, "bytes": 0}, record=False)
             return
-        self._loaded(report, await self._load_everywhere(out, batch_id))
+        done = self._loaded(report, await self._load_everywhere(out, batch_id))
+        if done is not None:
+            await self._complete(report["partition"], done)
 
     def _transformed(self, batch_id: str, tr: dict) -> None:
         events: list[ev.Event] = [ev.BatchTransformed(
@@ -594,7 +603,9 @@ class _Run:
                    for s in tr["skipped"]]
         self.sup.append(*events)
 
-    def _loaded(self, report: dict, result: dict, record: bool = True) -> None:
+    def _loaded(self, report: dict, result: dict, record: bool = True) -> Any:
+        """Record a loaded batch and commit what it completes; return the ``done``
+        position a sink still has to complete the partition for, else None."""
         partition, batch_id = report["partition"], report["batch_id"]
         events: list[ev.Event] = []
         if record:
@@ -613,14 +624,28 @@ class _Run:
             self.sup.append(*events, redriven=(self.spec.name, ids, self.run_id))
             return
         advanced, position = self.commits[partition].mark_loaded(batch_id, report["position"])
-        if advanced:
-            if self.deferred:
-                self.last_loaded[partition] = position
-            else:
-                events.append(ev.WatermarkCommitted(run_id=self.run_id, partition=partition, position=position,
-                                                    done=_is_done(position)))
+        done = None
+        if advanced and self.deferred:
+            self.last_loaded[partition] = position
+        elif advanced and any(sink.completes_partitions for sink in self.spec.sinks):
+            done = position if _is_done(position) else None   # committed by _complete, once
+        elif advanced:
+            events.append(ev.WatermarkCommitted(run_id=self.run_id, partition=partition, position=position,
+                                                done=_is_done(position)))
         if events:
             self.sup.append(*events)
+        return done
+
+    async def _complete(self, partition: str, position: Any) -> None:
+        """Every batch of ``partition`` is loaded: the sinks that assemble an output per
+        partition do so (idempotently, so a crash before the commit below only makes
+        the next run read the partition and assemble it again), then its ``done``
+        position is committed. Their partitions commit no position before that."""
+        await asyncio.gather(*(
+            self._call("loader", i, lambda i=i: self.children.call("loader", i, "complete_partition", partition,
+                                                                   self.run_id))
+            for i, sink in enumerate(self.spec.sinks) if sink.completes_partitions))
+        self.sup.append(ev.WatermarkCommitted(run_id=self.run_id, partition=partition, position=position, done=True))
 
     async def _load_everywhere(self, ref: Any, batch_id: str) -> dict:
         """Load a batch into every sink (concurrently); the counts are the first sink's,

@@ -24,6 +24,12 @@ class SinkWriter:
     def write(self, table: pa.Table, batch_id: str) -> LoadResult:
         raise NotImplementedError
 
+    def complete_partition(self, partition: str) -> None:
+        """Called when every batch of a source partition is written, before its
+        ``done`` position is committed, by sinks whose ``completes_partitions`` is true
+        (one output file per input file is assembled here). May be called again for
+        the same partition after a crash or a retry: it must be idempotent."""
+
     def finish(self) -> None:
         """Called once when every batch of a successful run is written (replace mode
         swaps its staging table in here)."""
@@ -40,6 +46,13 @@ class Sink:
     def commits_at_finish(self) -> bool:
         """True when written batches become visible only in ``finish`` (replace mode):
         the runtime then commits positions after ``finish``, not after each batch."""
+        return False
+
+    @property
+    def completes_partitions(self) -> bool:
+        """True when the sink assembles its output per source partition in
+        :meth:`SinkWriter.complete_partition`: the runtime then commits a partition's
+        position once, when it is ``done`` and complete, instead of after each batch."""
         return False
 
     @classmethod

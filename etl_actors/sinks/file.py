@@ -1,5 +1,6 @@
 """Files as a sink: one Parquet, CSV or NDJSON file per batch, in a folder or an
-object store (``s3://bucket/prefix``).
+object store (``s3://bucket/prefix``); or, as the ``batch:`` destination of the seed,
+one output file per input file (:mod:`etl_actors.sinks.per_file`).
 
 Guarantee: no duplicates for replays of the same batch id. Each batch goes to a file
 named after its id (``part-<sha1(batch_id)[:20]>.parquet``), written to a temporary
@@ -37,10 +38,11 @@ import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .. import objectstore
 from ..batch import LoadResult, jsonable
-from ..errors import SpecError, TerminalError, TransientError
+from ..errors import EtlError, SpecError, TerminalError, TransientError, first_line
 from ..redaction import ConnectionUrl, redact_url
-from ..sources.file import filesystem
+from ..sources.file import filesystem, store_location
 from ..sources.listing import is_uri
 from .base import Sink, SinkWriter
 from .schema import conform, evolved
@@ -65,46 +67,94 @@ def file_name(batch_id: str, format: str, table: pa.Table | None = None) -> str:
 
 @dataclass(frozen=True)
 class FileSink(Sink):
-    """Batches as files under ``path`` (a local folder or an object store URI)."""
+    """Batches as files under ``path`` (a local folder or an object store URI), or with
+    ``per_file`` one output per input file.
+
+    The seed's ``batch.destination`` shape, ``{type: s3 | file, bucket, prefix, format,
+    compression, connection, extension}``, names the same place (as the file source's
+    ``bucket`` / ``prefix`` / ``connection`` do) and, in a ``batch:`` spec, writes one
+    output per input file: ``prefix`` + the input's name (its path below the source's
+    prefix), in ``format`` whatever the input's was; ``extension`` (``.parquet``, say)
+    replaces the input's extension, which is kept by default. The guarantee is stated
+    in :mod:`etl_actors.sinks.per_file`.
+    """
 
     type: ClassVar[str] = "file"
 
     path: str
     format: str = "parquet"
     compression: str = "snappy"
+    per_file: bool = False
+    extension: str | None = None
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise SpecError("format", f"{self.format!r} is not one of {', '.join(FORMATS)}")
         if self.compression not in COMPRESSIONS:
             raise SpecError("compression", f"{self.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+        if self.extension is not None and (problem := _extension_problem(self.extension, self.per_file)):
+            raise SpecError("extension", problem)
 
     @classmethod
     def from_spec(cls, section, ctx) -> "FileSink":
         kind = section.get("type", "file", types=str)
-        if section.has("bucket"):
-            bucket = section.get("bucket", types=str)
-            prefix = section.get("prefix", "", types=str).strip("/")
-            root = bucket if "://" in bucket else (f"s3://{bucket}" if kind == "s3" else ctx.resolve_path(bucket))
-            path = f"{root}/{prefix}" if prefix else root
+        per_file = section.path.startswith("batch.") and section.has("bucket")
+        if section.has("bucket") or section.has("prefix"):
+            path = store_location(section, ctx, kind)
         else:
             path = ctx.resolve_path(section.get("path", types=str))
+            if path.startswith("s3://"):
+                objectstore.check_location(path, section.at("path"))
         fmt = section.get("format", "parquet", types=str, choices=FORMATS + ("json", "jsonl"))
         sink = cls(path=ConnectionUrl(path) if is_uri(path) else path,
                    format="ndjson" if fmt in ("json", "jsonl") else fmt,
-                   compression=section.get("compression", "snappy", types=str, choices=COMPRESSIONS))
+                   compression=section.get("compression", "snappy", types=str, choices=COMPRESSIONS),
+                   per_file=per_file,
+                   extension=section.get("extension", None, types=str,
+                                         check=lambda v: _extension_problem(v, per_file)))
         section.done()
         return sink
 
-    def open(self, pipeline: str) -> "FileWriter":
+    @property
+    def completes_partitions(self) -> bool:
+        return self.per_file
+
+    def open(self, pipeline: str) -> SinkWriter:
+        if self.per_file:
+            from .per_file import PerFileWriter
+
+            return PerFileWriter(self)
         return FileWriter(self)
 
     def writes_files_in(self) -> str:
         return self.path
 
     def describe(self) -> dict:
-        return {"type": self.type, "path": redact_url(self.path), "format": self.format,
-                "compression": self.compression}
+        described = {"type": self.type, "path": redact_url(self.path), "format": self.format,
+                     "compression": self.compression}
+        if self.per_file:
+            described.update(perFile=True, extension=self.extension)
+        return described
+
+
+def _extension_problem(extension: str, per_file: bool) -> str | None:
+    if not per_file:
+        return "applies to one output per input file (a batch: destination with bucket and prefix)"
+    if not extension.startswith(".") or "/" in extension or len(extension) < 2:
+        return f"expected a file name suffix such as '.parquet', got {extension!r}"
+    return None
+
+
+def storage_error(exc: OSError, message: str, remote: bool, **context) -> EtlError:
+    """The error a file sink raises for a storage failure: transient when a retry may
+    mend it (see :func:`etl_actors.objectstore.is_transient`; on local disk anything
+    but a refused permission or a wrong kind of path), else terminal."""
+    if remote:
+        transient = objectstore.is_transient(exc)
+    else:
+        transient = not isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError))
+    kind = TransientError if transient else TerminalError
+    return kind(f"{message}: {first_line(exc)}", **context)
 
 
 class FileWriter(SinkWriter):
@@ -119,7 +169,7 @@ class FileWriter(SinkWriter):
             self._remove_temporaries()
             self.schema = self._stored_schema()
         except OSError as exc:
-            raise TransientError(f"cannot open {redact_url(sink.path)!r}: {exc}") from None
+            raise storage_error(exc, f"cannot open {redact_url(sink.path)!r}", is_uri(sink.path)) from None
 
     def write(self, table: pa.Table, batch_id: str) -> LoadResult:
         """Write the batch, conformed to the dataset schema, to its own file (replacing
@@ -131,12 +181,14 @@ class FileWriter(SinkWriter):
         temp = f"{self.root}/.part-{uuid.uuid4().hex}.tmp"
         try:
             with self.fs.open_output_stream(temp) as stream:
-                self._encode(table, stream)
+                encoder = Encoder(self.sink, stream, table.schema)
+                encoder.write(table)
+                encoder.close()
             self.fs.move(temp, final)
         except OSError as exc:
             self._discard(temp)
-            raise TransientError(f"cannot write batch {batch_id!r} to {redact_url(self.sink.path)!r}: {exc}",
-                                 batch_id=batch_id) from None
+            raise storage_error(exc, f"cannot write batch {batch_id!r} to {redact_url(self.sink.path)!r}",
+                                is_uri(self.sink.path), batch_id=batch_id) from None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
             self._discard(temp)
             raise TerminalError(f"cannot write batch {batch_id!r} as {self.sink.format}: {exc}",
@@ -154,8 +206,8 @@ class FileWriter(SinkWriter):
             schema = evolved(self._stored_schema(), batch, batch_id, self._where)
             self._store_schema(schema)
         except OSError as exc:
-            raise TransientError(f"cannot write the schema of {redact_url(self.sink.path)!r}: {exc}",
-                                 batch_id=batch_id) from None
+            raise storage_error(exc, f"cannot write the schema of {redact_url(self.sink.path)!r}",
+                                is_uri(self.sink.path), batch_id=batch_id) from None
         self.schema = schema
         return schema
 
@@ -186,18 +238,6 @@ class FileWriter(SinkWriter):
 
     # --- files -------------------------------------------------------------------------
 
-    def _encode(self, table: pa.Table, stream) -> None:
-        if self.sink.format == "parquet":
-            compression = None if self.sink.compression == "none" else self.sink.compression
-            pq.write_table(table, stream, compression=compression, use_dictionary=_dictionary_columns(table.schema))
-        elif self.sink.format == "csv":
-            pcsv.write_csv(csv_ready(table), stream)
-        else:
-            buffer = io.StringIO()
-            for row in table.to_pylist():  # jsonable makes NaN and the infinities None
-                buffer.write(json.dumps(jsonable(row), ensure_ascii=False, allow_nan=False) + "\n")
-            stream.write(buffer.getvalue().encode())
-
     def _remove_temporaries(self) -> None:
         for entry in self.fs.get_file_info(pafs.FileSelector(self.root)):
             if entry.base_name.startswith(".part-") and entry.base_name.endswith(".tmp"):
@@ -208,6 +248,35 @@ class FileWriter(SinkWriter):
             self.fs.delete_file(path)
         except OSError:
             pass
+
+
+class Encoder:
+    """Tables of one schema into one file of the sink's format, as a stream: Parquet
+    (one row group per table, the sink's compression), CSV (one header) or NDJSON."""
+
+    def __init__(self, sink: FileSink, stream, schema: pa.Schema):
+        self.format, self.stream, self.writer = sink.format, stream, None
+        if sink.format == "parquet":
+            compression = None if sink.compression == "none" else sink.compression
+            self.writer = pq.ParquetWriter(stream, schema, compression=compression,
+                                           use_dictionary=_dictionary_columns(schema))
+        elif sink.format == "csv":
+            self.writer = pcsv.CSVWriter(stream, csv_ready(schema.empty_table()).schema)
+
+    def write(self, table: pa.Table) -> None:
+        if self.format == "parquet":
+            self.writer.write_table(table)
+        elif self.format == "csv":
+            self.writer.write_table(csv_ready(table))
+        else:
+            buffer = io.StringIO()
+            for row in table.to_pylist():  # jsonable makes NaN and the infinities None
+                buffer.write(json.dumps(jsonable(row), ensure_ascii=False, allow_nan=False) + "\n")
+            self.stream.write(buffer.getvalue().encode())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def csv_ready(table: pa.Table) -> pa.Table:

@@ -14,6 +14,13 @@ A file whose position says ``done`` is skipped by :meth:`FileSource.partitions`;
 empty file (zero bytes, blank, or a CSV header alone) yields one empty batch with
 ``done: true`` so that it, too, is skipped next run.
 
+Each batch says how many bytes of its file it consumed (:attr:`FileBatch.bytes`, for
+progress by bytes): those the reader had read when the batch was cut (it reads ahead a
+block), the rest of the file with the last batch, so a file's batches add up to its
+size exactly, as ``RunStarted.total_bytes`` counts it. A read resumed mid-file counts
+from the start of the file (CSV and JSON reread the rows before the position to skip
+them); a Parquet file's bytes all come with its last batch.
+
 Malformed CSV rows do not fail the run (:mod:`~etl_actors.sources.csv_reader`): rows
 with the wrong number of fields, values that are not text in the ``encoding`` and
 values that do not convert to their column's type come back as
@@ -27,18 +34,19 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from .. import objectstore
 from ..batch import SourceBatch
 from ..batch import is_done as _is_done
 from ..errors import EtlError, SpecError, TerminalError, TransientError, first_line
 from ..redaction import ConnectionUrl, redact_text, redact_url
 from .base import Source
-from .batching import Rows, Unreadable, file_batches
+from .batching import Unreadable, file_batches
 from .csv_reader import COLUMN_TYPES, CsvReader
 from .json_reader import JsonReader
 from .listing import (Root, Selection, filesystem, format_of, glob_regex, is_uri, lexical, split_glob,
@@ -46,7 +54,7 @@ from .listing import (Root, Selection, filesystem, format_of, glob_regex, is_uri
 from .parquet_reader import ParquetReader
 from .text import ON_DECODE_ERROR, codec_problem
 
-__all__ = ["FileSource", "format_of", "filesystem", "glob_regex", "split_glob", "COLUMN_TYPES", "FORMATS"]
+__all__ = ["FileSource", "FileBatch", "format_of", "filesystem", "glob_regex", "split_glob", "COLUMN_TYPES", "FORMATS"]
 
 FORMATS = ("csv", "json", "parquet")
 ERROR_HANDLING = ("fail", "continue")
@@ -57,10 +65,22 @@ _CODEC_WORDS = ("inflate", "compress", "zlib", "zstd", "lz4", "bz2", "snappy", "
 
 
 @dataclass(frozen=True)
+class FileBatch(SourceBatch):
+    """A file's batch and ``bytes``, how many bytes of the file it consumed."""
+
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
 class FileSource(Source):
     """Files under ``path`` (a file, a folder searched recursively, a glob, or an object
     store URI such as ``s3://bucket/prefix``, whose query may carry credentials),
     optionally filtered by ``pattern``.
+
+    The seed's ``batch.source`` shape, ``{type: s3 | file, bucket, prefix, pattern,
+    connection}``, names the same: ``type: s3`` reads ``prefix`` in ``bucket`` through
+    ``connection`` (a store URL, see :mod:`etl_actors.objectstore`; without one
+    pyarrow's defaults apply), ``type: file`` the folder ``bucket/prefix``.
 
     ``pattern`` without a '/' matches file names at any depth; with a '/' it matches the
     path relative to ``path``. Files whose names start with '.' or '_' are ignored. A
@@ -136,11 +156,12 @@ class FileSource(Source):
         return [self.locate(key) for key in self._keys()]
 
     def _keys(self) -> list[str]:
-        root, shown = self._root(), redact_url(self.path)
+        shown = redact_url(self.path)
         try:
-            return root.keys(self._selection())
+            return self._root().keys(self._selection())
         except OSError as exc:
-            kind = TerminalError if isinstance(exc, PermissionError) else TransientError
+            transient = _transient(exc, remote=True) if is_uri(self.path) else not isinstance(exc, PermissionError)
+            kind = TransientError if transient else TerminalError
             raise kind(f"cannot list {shown!r}: {_reason(exc)}", partition=shown) from None
 
     def _root(self) -> Root:
@@ -202,7 +223,15 @@ class FileSource(Source):
             return
         start = int(position.get("rows", 0)) if isinstance(position, Mapping) else 0
         try:
-            yield from file_batches(self._pieces(partition, start), partition, start, self.batch_size)
+            root = self._root()
+            path = root.path_of(partition)
+            size, meter = root.fs.get_file_info(path).size, _Meter(root.fs)
+            pieces = _READERS[self.format](self, meter, path, partition).pieces(start) if size else iter(())
+            consumed = 0
+            for batch in file_batches(pieces, partition, start, self.batch_size):
+                through = size if _is_done(batch.position) else max(consumed, min(size, meter.read))
+                yield FileBatch(**{f.name: getattr(batch, f.name) for f in fields(batch)}, bytes=through - consumed)
+                consumed = through
         except Exception as exc:
             raise self._read_error(exc, partition) from None
 
@@ -221,13 +250,6 @@ class FileSource(Source):
         root = self._root()
         return _READERS[self.format](self, root.fs, root.path_of(partition), partition)
 
-    def _pieces(self, partition: str, start: int) -> Iterator[Rows]:
-        root = self._root()
-        path = root.path_of(partition)
-        if root.fs.get_file_info(path).size == 0:
-            return iter(())
-        return _READERS[self.format](self, root.fs, path, partition).pieces(start)
-
     def _read_error(self, exc: Exception, partition: str) -> EtlError:
         """The error ``read`` raises for ``exc``, naming the file."""
         if isinstance(exc, EtlError) and getattr(exc, "partition", None) == partition:
@@ -241,12 +263,43 @@ class FileSource(Source):
 def _transient(exc: OSError, remote: bool) -> bool:
     """Whether a retry may mend a storage error: a known transient errno (EIO, a reset
     connection, ...), or an object store's error without an errno that is not a
-    decompression failure (pyarrow raises those, for corrupt data, without one too)."""
+    decompression failure (pyarrow raises those, for corrupt data, without one too)
+    and that the store says may pass (:func:`etl_actors.objectstore.is_transient`)."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     if exc.errno is None:
-        return remote and not any(word in str(exc).lower() for word in _CODEC_WORDS)
+        return remote and not any(word in str(exc).lower() for word in _CODEC_WORDS) \
+            and objectstore.is_transient(exc)
     return exc.errno in _TRANSIENT_ERRNOS
+
+
+class _Meter:
+    """A filesystem's reading side for one file's readers, counting ``read``: the bytes
+    of the file (before decompression) the stream opened last has read."""
+
+    def __init__(self, fs: pafs.FileSystem):
+        self.fs, self.read = fs, 0
+
+    def open_input_stream(self, path: str, compression: str | None = "detect"):
+        self.read = 0
+        stream = pa.TransformInputStream(self.fs.open_input_stream(path, compression=None), self._count)
+        codec = _codec(path) if compression == "detect" else compression
+        return pa.CompressedInputStream(stream, codec) if codec else stream
+
+    def open_input_file(self, path: str):
+        return self.fs.open_input_file(path)
+
+    def _count(self, buffer):
+        self.read += len(buffer)
+        return buffer
+
+
+def _codec(path: str) -> str | None:
+    """The compression a file's name implies (as pyarrow's ``compression="detect"``)."""
+    try:
+        return pa.Codec.detect(path).name
+    except (ValueError, TypeError):
+        return None
 
 
 def _reason(exc: BaseException) -> str:
@@ -276,16 +329,37 @@ def _columns(section) -> tuple[tuple[str, str], ...]:
 
 def _location(section, ctx, kind: str) -> tuple[str, str | None]:
     pattern = section.get("pattern", None, types=str)
-    if section.has("bucket"):
-        bucket = section.get("bucket", types=str)
-        prefix = section.get("prefix", "", types=str).strip("/")
-        if kind == "s3" or "://" in bucket:
-            root = bucket if "://" in bucket else f"s3://{bucket}"
-            return (f"{root}/{prefix}" if prefix else root), pattern
-        return ctx.resolve_path(os.path.join(bucket, prefix)), pattern
-    if section.has("prefix") and not section.has("path"):
-        return ctx.resolve_path(section.get("prefix", types=str)), pattern
+    if section.has("bucket") or (section.has("prefix") and not section.has("path")):
+        return store_location(section, ctx, kind), pattern
     path = ctx.resolve_path(section.get("path", types=str))
+    if section.has("connection"):
+        raise SpecError(section.at("connection"), "applies to bucket and prefix (type: s3)")
+    if path.startswith("s3://"):
+        objectstore.check_location(path, section.at("path"))
     if pattern is not None and split_glob(split_query(path)[0])[1] is not None:
         raise SpecError(section.at("pattern"), "cannot be combined with a glob in path; use one of them")
     return path, pattern
+
+
+def store_location(section, ctx, kind: str) -> str:
+    """Where a ``bucket`` / ``prefix`` section points: with ``type: s3`` (or a bucket
+    given as a URI) the location in the store, reached through ``connection`` when
+    given (:func:`etl_actors.objectstore.location`); with ``type: file`` the local
+    folder ``bucket/prefix``. Shared by the file source and the file sink."""
+    if not section.has("bucket"):
+        return ctx.resolve_path(section.get("prefix", types=str))
+    bucket = section.get("bucket", types=str)
+    prefix = section.get("prefix", "", types=str).strip("/")
+    if kind != "s3" and "://" not in bucket:
+        if section.has("connection"):
+            raise SpecError(section.at("connection"), "applies to object stores (type: s3)")
+        return ctx.resolve_path(os.path.join(bucket, prefix))
+    if "://" in bucket and not bucket.startswith("s3://"):   # another store pyarrow knows, by its URI
+        return f"{bucket.rstrip('/')}/{prefix}" if prefix else bucket
+    connection = ctx.connection(section) if section.has("connection") else None
+    try:
+        where = objectstore.location(bucket.removeprefix("s3://"), prefix, connection)
+    except ValueError as exc:
+        raise SpecError(section.at("connection"), str(exc)) from None
+    objectstore.check_location(where, section.at("connection" if connection else "bucket"))
+    return where

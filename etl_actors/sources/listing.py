@@ -17,6 +17,8 @@ from typing import Iterator
 
 import pyarrow.fs as pafs
 
+from .. import objectstore
+
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".ndjson": "json", ".jsonl": "json",
                ".parquet": "parquet", ".pq": "parquet"}
 _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
@@ -79,7 +81,11 @@ def is_uri(location: str) -> bool:
 
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, path inside it, prefix that turns such a path back into a key)."""
+    """(filesystem, path inside it, prefix that turns such a path back into a key).
+    ``s3://`` locations are opened by :func:`etl_actors.objectstore.filesystem`."""
+    if location.startswith("s3://"):
+        fs, path = objectstore.filesystem(location)
+        return fs, path, "s3://"
     if is_uri(location):
         fs, path = pafs.FileSystem.from_uri(location)
         return fs, path, location.split("://", 1)[0] + "://"
