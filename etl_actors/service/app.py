@@ -172,8 +172,14 @@ async def _create_request(request: web.Request) -> web.Response:
 # --- requests ----------------------------------------------------------------------------
 
 def _visible_view(request: web.Request) -> dict:
-    """The view of the request named in the path, if the caller may see it; else 404."""
-    view = request.app[STORE].view(request.match_info["id"])
+    """The view of the request named in the path, if the caller may see it; else 404.
+    A request not folded yet (another process, such as the scheduler, has just made it)
+    is looked for once more after reading the log up to now."""
+    store, request_id = request.app[STORE], request.match_info["id"]
+    view = store.view(request_id)
+    if view is None:
+        store.sync()
+        view = store.view(request_id)
     own = customer_of(request)
     if view is None or (own is not None and view["customerId"] != own):
         raise web.HTTPNotFound()

@@ -88,7 +88,10 @@ async def test_a_per_record_price_is_charged_per_record_with_the_customer_named_
 async def test_the_event_stream_follows_progress_to_the_final_view(tmp_path, log_url, keys, ray_local):
     async with serving(log_url) as api:
         admin, acme = api.as_(keys["admin"]), api.as_(keys["acme"])
-        service_id = await create(admin, orders_service(tmp_path, rows=5000, pricing=PER_RECORD, batch_size=200))
+        body = orders_service(tmp_path, rows=5000, pricing=PER_RECORD, batch_size=200)
+        body["pipeline"]["transformations"] = [   # 25 batches of 0.2 s each: progress seen moving
+            {"id": "pause", "type": "function", "handler": "service.slow_steps:pause"}]
+        service_id = await create(admin, body)
         request_id = await request(acme, service_id)
         views = []
         async with acme.get(f"/requests/{request_id}/events") as response:
