@@ -31,6 +31,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from datetime import datetime, timezone
 
@@ -340,6 +341,7 @@ def serve_command(args) -> int:
     log_url = resolve_log_url(args.log)
     check_durable(log_url)
     EventLog(log_url)
+    _check_port(args.host, args.port)    # said in one line before Ray takes seconds to start
     ensure_ray()
     asyncio.run(_serve(log_url, args.host, args.port))
     return 0
@@ -365,10 +367,17 @@ async def _serve(log_url: str, host: str, port: int) -> None:
         await runner.cleanup()
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address this process cannot listen on."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise EtlError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def _start_scheduler(log_url: str) -> None:
     """Services with a schedule are fired by the scheduler actor of this log."""
-    try:
-        from ..scheduler import ensure_scheduler
-    except ImportError:
-        return
+    from ..scheduler import ensure_scheduler
+
     ensure_scheduler(log_url)
