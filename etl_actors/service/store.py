@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .. import alerts as alerts_module
 from .. import events as ev
@@ -166,11 +166,8 @@ class Store:
         """Request views, newest first: ``customer``'s only, with ``status`` only."""
         with self.lock:
             found = []
-            for request_id in reversed(self._order):
-                request = self.requests[request_id]
-                if customer is not None and request.customer_id != customer:
-                    continue
-                if status is not None and status_of(request, self._progress.get(request_id)) != status:
+            for request in self._newest(customer):
+                if status is not None and status_of(request, self._progress.get(request.request_id)) != status:
                     continue
                 found.append(self._view(request))
                 if limit is not None and len(found) >= limit:
@@ -181,14 +178,15 @@ class Store:
         """Views of every queued or running request and of the ``recent`` newest (of
         ``customer`` when given), newest first."""
         with self.lock:
-            found = []
-            for request_id in reversed(self._order):
-                request = self.requests[request_id]
-                if customer is not None and request.customer_id != customer:
-                    continue
-                if len(found) < recent or not request.finished:
-                    found.append(self._view(request))
-            return found
+            return [self._view(request) for i, request in enumerate(self._newest(customer))
+                    if i < recent or not request.finished]
+
+    def _newest(self, customer: str | None) -> Iterator[Request]:
+        """The requests (of ``customer`` when given), newest first; under the lock."""
+        for request_id in reversed(self._order):
+            request = self.requests[request_id]
+            if customer is None or request.customer_id == customer:
+                yield request
 
     def unfinished(self) -> list[Request]:
         """Requests with no result yet, oldest first."""

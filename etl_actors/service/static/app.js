@@ -148,8 +148,8 @@
     document.querySelector(`[data-empty-for="${tableId}"]`).hidden = items.length > 0;
   }
 
-  function fillRunning(row, r) {
-    const progress = r.progress || {};
+  // The first four cells of a request's row (id, service, customer, status): its cells.
+  function fillRequest(row, r) {
     row.dataset.requestId = r.requestId;
     row.dataset.status = r.status;
     const c = row.cells;
@@ -157,6 +157,12 @@
     setText(c[1], serviceTitle(r.serviceId));
     setText(c[2], r.customerId || "—");
     setStatus(c[3], r.status);
+    return c;
+  }
+
+  function fillRunning(row, r) {
+    const progress = r.progress || {};
+    const c = fillRequest(row, r);
     setText(c[4], progress.phase || "—");
     setText(c[5], integer(progress.records), "num");
     setText(c[6], bytes(progress.bytes), "num");
@@ -165,13 +171,7 @@
 
   function fillRecent(row, r) {
     const outputs = r.outputs || null;
-    row.dataset.requestId = r.requestId;
-    row.dataset.status = r.status;
-    const c = row.cells;
-    setText(c[0], r.requestId, "mono");
-    setText(c[1], serviceTitle(r.serviceId));
-    setText(c[2], r.customerId || "—");
-    setStatus(c[3], r.status);
+    const c = fillRequest(row, r);
     setText(c[4], r.trigger || "—", "nowrap");
     setText(c[5], timestamp(r.createdAt), "nowrap");
     setText(c[6], duration(outputs ? outputs.duration : elapsedMs(r.startedAt, r.finishedAt)), "num");
