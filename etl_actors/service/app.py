@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -49,16 +50,21 @@ from .model import STATUSES, Service, service_view
 from .runner import Runner
 from .store import Store
 
+logger = logging.getLogger(__name__)
+
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 HEARTBEAT_S = 15.0
 SSE_POLL_S = 0.2
 CHARGE_WAIT_S = 5.0        # a finished request's last event waits this long for its charge
+ORPHAN_AFTER_S = 30.0      # a request no process claimed within this long is run here
+ORPHAN_CHECK_S = 5.0
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _REQUEST_KEYS = ("customerId", "inputs")
 
 STORE = web.AppKey("store", Store)
 RUNNER = web.AppKey("runner", Runner)
 LOG = web.AppKey("log", EventLog)
+ADOPTING = web.AppKey("adopting", asyncio.Task)
 
 
 def make_app(log_url: str, *, runner: Runner | None = None, runtime: str = "ray") -> web.Application:
@@ -102,9 +108,21 @@ async def _start(app: web.Application) -> None:
     store, runner = app[STORE], app[RUNNER]
     await asyncio.to_thread(store.start)
     await asyncio.to_thread(runner.recover, store.unfinished())
+    app[ADOPTING] = asyncio.create_task(_adopt_orphans(store, runner))
+
+
+async def _adopt_orphans(store: Store, runner: Runner) -> None:
+    """Every ``ORPHAN_CHECK_S``: run the requests that their maker never claimed."""
+    while True:
+        await asyncio.sleep(ORPHAN_CHECK_S)
+        try:
+            await asyncio.to_thread(runner.adopt, store.unclaimed(ORPHAN_AFTER_S))
+        except Exception:  # noqa: BLE001 - the log out of reach for a while: next time
+            logger.warning("cannot look for unclaimed requests; retrying", exc_info=True)
 
 
 async def _stop(app: web.Application) -> None:
+    app[ADOPTING].cancel()
     await asyncio.to_thread(app[RUNNER].close)
     await asyncio.to_thread(app[STORE].stop)
 

@@ -264,6 +264,7 @@ class Runner:
         self._lock = threading.Lock()
         self._accepting = threading.Lock()
         self._closing = threading.Event()
+        self._submitted: set[str] = set()                # request ids this runner has queued
 
     def accept(self, service_id: str, customer_id: str = "", inputs: dict | None = None) -> str:
         """:func:`create_request` and queue it: requests are queued in the order they
@@ -278,6 +279,7 @@ class Runner:
         with self._lock:
             if self._closing.is_set():
                 return
+            self._submitted.add(request.request_id)
             work = self._queues.get(request.service_id)
             if work is None:
                 work = self._queues[request.service_id] = queue.Queue()
@@ -296,6 +298,18 @@ class Runner:
                 self._recover(request)
             except Exception:  # noqa: BLE001 - one request (its service gone?) must not stop the server
                 logger.exception("request %s could not be recovered", request.request_id)
+
+    def adopt(self, orphans: Iterable[Request]) -> None:
+        """Queue requests another process made and never claimed (a scheduler that
+        died between recording a request and running it). Claiming stays exclusive: if
+        their maker claims one after all, this runner's claim fails and it is left be."""
+        for request in orphans:
+            with self._lock:
+                known = request.request_id in self._submitted
+            if not known:
+                logger.warning("request %s was never started by the process that made it; running it here",
+                               request.request_id)
+                self.submit(request)
 
     def _recover(self, request: Request) -> None:
         summary = succeeded_run(self.log, request)

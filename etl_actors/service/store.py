@@ -193,6 +193,14 @@ class Store:
         with self.lock:
             return [self.requests[r] for r in self._order if not self.requests[r].finished]
 
+    def unclaimed(self, older_than: float, now: float | None = None) -> list[Request]:
+        """Requests never given a run, made more than ``older_than`` seconds ago,
+        oldest first."""
+        now = time.time() if now is None else now
+        with self.lock:
+            return [request for request in (self.requests[r] for r in self._order)
+                    if request.run_id is None and not request.finished and request.created_at < now - older_than]
+
     def runs_of(self, customer: str) -> dict[str, set]:
         """``{pipeline: run ids}`` of the runs given to ``customer``'s requests."""
         with self.lock:

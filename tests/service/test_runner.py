@@ -74,3 +74,20 @@ async def test_a_server_started_on_unfinished_requests_finishes_them_without_run
     assert claims[0] == "lostrun00001" and claims[1] in runs            # the lost run, then the one that ran
     assert [r.type for r in log.read(request_stream(succeeded))] == \
         ["ServiceRequested", "RequestStarted", "RequestFinished"]
+
+
+async def test_a_request_its_maker_never_started_is_run_by_the_server(tmp_path, log_url, keys, monkeypatch):
+    from etl_actors.service import app as app_module
+
+    monkeypatch.setattr(app_module, "ORPHAN_AFTER_S", 0.5)
+    monkeypatch.setattr(app_module, "ORPHAN_CHECK_S", 0.2)
+    async with serving(log_url, runtime="local") as api:
+        admin, acme = api.as_(keys["admin"]), api.as_(keys["acme"])
+        service_id = await create(admin, orders_service(tmp_path, rows=300, pricing=PER_RECORD))
+        # recorded by another process (a scheduler) that died before running it
+        request_id = runner.create_request(EventLog(log_url), service_id, "acme", trigger="schedule")
+        view = await finished(acme, request_id, timeout=60)
+    assert (view["status"], view["trigger"], view["outputs"]["recordsProcessed"]) == ("success", "schedule", 300)
+    assert view["charge"]["amount"] == "0.30" and rows_in(tmp_path) == 300
+    started = [r for r in EventLog(log_url).read(request_stream(request_id)) if r.type == "RequestStarted"]
+    assert len(started) == 1
