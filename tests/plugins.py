@@ -55,6 +55,28 @@ class FlakyListSource(ListSource):
             yield batch
 
 
+LISTINGS: dict[str, int] = {}     # listings tried, per UnlistableSource name
+
+
+@dataclass(frozen=True)
+class UnlistableSource(ListSource):
+    """A ListSource whose listing fails ``failures`` times (a store answering 503, a
+    dropped connection: a TransientError) before it answers."""
+
+    type: ClassVar[str] = "unlistable-list"
+    name: str = ""
+    failures: int = 0
+
+    def partitions(self, watermark):
+        from etl_actors.errors import TransientError
+
+        LISTINGS[self.name] = LISTINGS.get(self.name, 0) + 1
+        if LISTINGS[self.name] <= self.failures:
+            raise TransientError(f"cannot list the source: store unavailable (attempt {LISTINGS[self.name]})",
+                                 retry_after=0.01)
+        return super().partitions(watermark)
+
+
 class MemoryWriter(SinkWriter):
     def __init__(self, store: dict):
         self.store = store

@@ -406,8 +406,7 @@ class _Run:
                                  partitions=list(partitions), total_bytes=total, at=at, trigger=self.trigger)
 
         try:  # listing the source may fail too (a missing folder): that is a failed run
-            partitions = self.source.partitions({} if self.redrive else sup.watermarks)
-            sizes = [self.source.estimate_bytes(p) for p in partitions]
+            partitions, sizes = await self._list()
             total = sum(sizes) if partitions and all(s is not None for s in sizes) else None
             await self._start_children(len(partitions))
             sup.append(started(ev.now()))
@@ -420,6 +419,18 @@ class _Run:
                 raise
         finally:
             await self.children.stop()
+
+    async def _list(self) -> tuple[list[str], list[int | None]]:
+        """The partitions to read and their sizes; a transient failure (a store that
+        answers 503, a dropped connection) is tried again with backoff, like a read."""
+        attempt = 0
+        while True:
+            try:
+                partitions = self.source.partitions({} if self.redrive else self.sup.watermarks)
+                return partitions, [self.source.estimate_bytes(p) for p in partitions]
+            except EtlError as exc:
+                attempt += 1
+                await self.sup.backoff(self.run_id, "list", exc, attempt)
 
     async def _start_children(self, n_partitions: int) -> None:
         runtime = self.spec.runtime

@@ -125,3 +125,4 @@ def test_without_a_connection_the_aws_environment_names_the_store(tmp_path, s3, 
         log=f"sqlite:///{tmp_path}/events.db", runtime="local")
     assert result["status"] == "success", result.get("error")
     assert_one_output_per_input(s3, out)
+

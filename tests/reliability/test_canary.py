@@ -48,6 +48,8 @@ SECRETS = {
     "token parameter": "CanaryToken5Tk",
     "log password": "CanaryLog6Pw",
     "log query password": "CanaryLogQ7Pw",
+    "s3 userinfo key": "AKIACANARY8USER",
+    "s3 userinfo secret": "CanaryS3User9Secret",
 }
 DOWN = "127.0.0.1:1"   # nothing listens there: every connection fails, quoting what it was given
 
@@ -94,6 +96,15 @@ def scenarios(tmp_path: Path) -> list[tuple[str, dict, dict]]:
     s3 = {"type": "file", "path": urls()["s3"], "format": "csv"}
     out.append(("s3-source", spec("s3-source", s3, local_sink), {}))
     out.append(("s3-sink", spec("s3-sink", csv, {"type": "file", "path": urls()["s3"], "format": "parquet"}), {}))
+    # a batch: job over an S3-compatible store named by a connection with userinfo credentials
+    store = (f"s3://{SECRETS['s3 userinfo key']}:{SECRETS['s3 userinfo secret']}@{DOWN}"
+             "?scheme=http&region=us-east-1&max_attempts=1")
+    job = {"name": "s3-batch", "connections": {"store": "${CANARY_S3}"},
+           "batch": {"source": {"type": "s3", "connection": "store", "bucket": "raw", "prefix": "in/",
+                                "pattern": "*.csv"},
+                     "destination": {"type": "s3", "connection": "store", "bucket": "out", "prefix": "processed/"},
+                     "leaseTimeout": 5, "maxRetries": 1}}
+    out.append(("s3-batch", job, {"CANARY_S3": store}))
     return out
 
 

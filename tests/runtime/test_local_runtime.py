@@ -10,7 +10,7 @@ from etl_actors.eventlog import EventLog
 from etl_actors.runtime.local import LocalChildren
 from etl_actors.runtime.supervisor import PartitionCommits, PipelineSupervisor
 from etl_actors.spec import PipelineSpec, RuntimeOptions
-from plugins import FlakyListSource, FlakySink, ListSource, MemorySink
+from plugins import FlakyListSource, FlakySink, ListSource, MemorySink, UnlistableSource
 
 ROWS_A = tuple({"id": i, "v": f"a{i}"} for i in range(7))
 ROWS_B = tuple({"id": 100 + i, "v": f"b{i}"} for i in range(4))
@@ -194,6 +194,22 @@ def test_a_transient_error_that_outlasts_its_retries_fails_the_run_naming_it(log
     result = run(spec, log_url)
     assert result["status"] == "failed" and "database went away (attempt 3)" in result["error"]
     assert result["watermark"] == {} and spec.destination.rows == []
+
+
+@pytest.mark.parametrize("failures, retries, status", [(2, 3, "success"), (3, 2, "failed")])
+def test_a_source_that_cannot_be_listed_for_a_while_is_listed_again_with_backoff(log_url, failures, retries, status):
+    name = f"p-{uuid.uuid4().hex[:6]}"
+    spec = PipelineSpec(name=name, source=UnlistableSource(parts=(("a", ROWS_A),), name=name, failures=failures),
+                        transformations=(), destination=MemorySink(name=name),
+                        runtime=RuntimeOptions(parallelism=1, extractors=1, max_retries=retries), digest="d1")
+    result = run(spec, log_url)
+    retries_seen = [r.event for r in EventLog(log_url).read(spec.stream) if r.type == "RetryScheduled"]
+    assert [(r.stage, r.attempt) for r in retries_seen] == [("list", i) for i in range(1, min(failures, retries) + 1)]
+    assert result["status"] == status
+    if status == "success":
+        assert result["recordsLoaded"] == len(ROWS_A)
+    else:
+        assert "store unavailable (attempt 3)" in result["error"] and result["recordsLoaded"] == 0
 
 
 def test_backoff_grows_exponentially_with_jitter_and_honours_retry_after():
