@@ -6,7 +6,10 @@
 2. the seed's Data Quality Checker over sign-ups: rejects, flags, its quality report;
 3. the seed's Customer Data ETL from a REST API (examples/crm_api.py, started here, with
    a 429 and a 500 along the way) -> normalize -> enrich -> validate -> warehouse upsert,
-   then an incremental rerun after 25 customers change.
+   then an incremental rerun after 25 customers change;
+4. the same kind of pipeline sold as a service (examples/service_client.py): the API is
+   served, a service created over HTTP, a request sent and followed live, its charge and
+   the customer's invoice printed.
 """
 from __future__ import annotations
 
@@ -43,7 +46,11 @@ def main() -> int:
         return code
     etl("quality", "data-quality-checker")
     etl("dlq", "data-quality-checker", "--limit", "3")
-    return customer_sync()
+    code = customer_sync()
+    if code:
+        return code
+    print("\n$ python examples/service_client.py", flush=True)
+    return subprocess.call([sys.executable, os.path.join(HERE, "service_client.py")], cwd=ROOT)
 
 
 def customer_sync() -> int:

@@ -1,7 +1,8 @@
 """A service from the seed's ``$.Service.create`` body, and a request's inputs.
 
 The body is ``name`` (the display title), ``type`` and ``subtype`` (kept as they are),
-exactly one of ``pipeline`` | ``stream`` | ``batch`` | ``validation``, and optionally
+one of ``pipeline`` | ``stream`` | ``batch`` | ``validation`` (``validation`` rules may
+also sit beside ``pipeline`` or ``batch``, as in a spec file), and optionally
 ``connections``, ``schedule``, ``pricing``, ``alerts``, ``runtime``, ``description``
 and ``customerId`` (who the scheduled runs are charged to). The spec stored is the
 body without the title, type, subtype and customer, named for the service's pipeline
@@ -49,8 +50,9 @@ def service_spec(body: Any, service_id: str, base_dir: str) -> tuple[str, dict, 
     kept = {key: root.get(key, None, types=str) for key in ("type", "subtype")}
     customer = root.get("customer_id", "", types=str)
     given = [key for key in BODIES if root.has(key)]
-    if len(given) != 1:
-        raise SpecError("pipeline", "expected exactly one of pipeline, stream, batch, validation, got "
+    bodies = [key for key in given if key != "validation"]
+    if not given or len(bodies) > 1:   # validation rules may also follow a pipeline's or batch's steps
+        raise SpecError("pipeline", "expected one of pipeline, stream, batch, validation, got "
                         + (", ".join(given) or "none"))
     for key in SPEC_KEYS:
         root.has(key)

@@ -2,7 +2,7 @@
 import pytest
 
 from etl_actors.errors import SpecError
-from etl_actors.service.specs import apply_inputs, check_inputs, literal_secrets, pipeline_name
+from etl_actors.service.specs import apply_inputs, check_inputs, literal_secrets, pipeline_name, service_spec
 
 
 @pytest.mark.parametrize("value", [
@@ -56,3 +56,25 @@ def test_inputs_that_do_not_fit_are_refused_naming_the_input(inputs, path):
 def test_the_pipeline_name_is_a_slug_of_the_title_and_the_service_id():
     assert pipeline_name("Customer Data ETL Pipeline", "svc_3f9a1c2e4b5d") == "customer-data-etl-pipeline-3f9a1c2e"
     assert pipeline_name("¡¿ !!", "svc_00aa11bb22cc") == "service-00aa11bb"
+
+
+PIPELINE = {"source": {"type": "file", "path": "in.csv"},
+            "destination": {"type": "database", "connection": "sqlite:///w.db", "table": "t"}}
+RULES = {"rules": [{"id": "id", "type": "required-fields", "fields": ["id"], "severity": "error"}]}
+
+
+@pytest.mark.parametrize("bodies, problem", [
+    ({"pipeline": PIPELINE}, None),
+    ({"validation": {**PIPELINE, **RULES}}, None),
+    ({"pipeline": PIPELINE, "validation": RULES}, None),     # rules after the steps, as in a spec file
+    ({}, "got none"),
+    ({"pipeline": PIPELINE, "batch": PIPELINE}, "got pipeline, batch"),
+])
+def test_a_service_has_one_body_and_may_add_validation_rules_to_it(bodies, problem):
+    body = {"name": "Orders", **bodies}
+    if problem is None:
+        title, spec, _, _ = service_spec(body, "svc_0123456789ab", "/tmp")
+        assert title == "Orders" and spec["name"] == pipeline_name("Orders", "svc_0123456789ab")
+    else:
+        with pytest.raises(SpecError, match=f"^pipeline: expected one of .*{problem}"):
+            service_spec(body, "svc_0123456789ab", "/tmp")
