@@ -1,8 +1,7 @@
 """Billing: what runs used, folded into charges, from the event log alone.
 
-Every run records what it used as ``UsageRecorded`` in its pipeline's stream: a batch
-run once, just before its end (:func:`run_usage`), a stream at the first checkpoint of
-each UTC clock hour and at its end (:class:`UsageMeter`, :func:`split_hours`). Services
+Every run records what it used as ``UsageRecorded`` in its pipeline's stream (see
+:mod:`etl_actors.usage`). Services
 (``ServiceCreated``) carry a pricing model; requests (``ServiceRequested``,
 ``RequestStarted``, ``RequestFinished``) join a customer to a run. :class:`Billing`
 folds the whole log, in global order, into the charges owed, and :func:`settle`
@@ -29,9 +28,6 @@ request's finish, or the end of the hour (the finish, if earlier); so a replay, 
 settlement run late, gives the same bill. Money is Decimal: ``amount`` in the event is
 exact; charges listed and invoice lines are rounded half up to cents, and an invoice's
 total is the sum of its rounded lines.
-
->>> split_hours(7190.0, 7210.0, [(7195.0, 3), (7205.0, 4)])
-[{'start': 3600, 'seconds': 10.0, 'events': 3}, {'start': 7200, 'seconds': 10.0, 'events': 4}]
 """
 from __future__ import annotations
 
@@ -40,97 +36,22 @@ import json
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Iterable
 
 from . import events as ev
 from .errors import ConcurrencyError, EtlError, SpecError, UsageError
 from .eventlog import EventLog
 from .pricing import GB, Pricing, cents, check_pricing, quote
-from .projections import runs as runs_projection
 from .projections import snapshots
+from .usage import HOUR
 
 NAME = "billing"               # the projection's snapshots: stream projection:billing
-HOUR = 3600
 PAGE = 1000                    # events read from the log at a time
 UNCLAIMED = 100                # finished runs of a service's pipeline kept for a request that names them late
 CHARGE_PREFIX = "charge:"
 FORMAT = 1                     # the shape of the state a snapshot keeps; one of another shape is not read
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-
-
-# --- usage ----------------------------------------------------------------------------
-
-def run_usage(run: runs_projection.Run) -> ev.UsageRecorded:
-    """A batch run's usage, the figures its summary reports (``bytesProcessed``,
-    ``recordsLoaded``, ``recordsEnriched``); appended just before its end event."""
-    summary = runs_projection.summary(run)
-    return ev.UsageRecorded(pipeline=run.pipeline, run_id=run.run_id, bytes=summary["bytesProcessed"],
-                            records=summary["recordsLoaded"], enriched=summary.get("recordsEnriched", 0),
-                            final=True)
-
-
-def split_hours(start: float, end: float, events_at: Iterable[tuple[float, int]] = ()) -> list[dict]:
-    """The span from ``start`` to ``end`` (epoch seconds) cut at UTC clock hours: one
-    ``{"start": the hour's start (int), "seconds": running seconds in it (to the ms),
-    "events": the events of events_at taken in it}`` per hour touched, oldest first.
-
-    The seconds add up to ``end - start`` (to the ms); ``events_at`` holds ``(time,
-    count)``, a time outside the span counting in its first or last hour. An hour with
-    neither seconds nor events (the span ends on its first instant) is left out."""
-    if end < start:
-        raise ValueError(f"a span ends at or after its start, got {start} to {end}")
-    events: dict[int, int] = defaultdict(int)
-    for at, count in events_at:
-        events[_hour(min(max(at, start), end))] += count
-    hours = []
-    for hour in range(_hour(start), _hour(end) + 1, HOUR):
-        seconds = round(round(min(end, hour + HOUR), 3) - round(max(start, hour), 3), 3)
-        if seconds > 0 or events.get(hour):
-            hours.append({"start": hour, "seconds": seconds, "events": events.get(hour, 0)})
-    return hours
-
-
-@dataclass(frozen=True)
-class UsageMeter:
-    """What a stream run used since its previous ``UsageRecorded`` (or since it
-    started, ``since``): the bytes, loaded records and extracted events of the
-    checkpoints committed since, the events per clock hour of the checkpoint that
-    counted them. Frozen: :meth:`add` gives the meter with one more checkpoint, kept
-    only once that checkpoint is in the log."""
-
-    pipeline: str
-    run_id: str
-    since: float
-    bytes: int = 0
-    records: int = 0
-    events: tuple = ()            # ((clock hour start, events), ...), oldest first
-
-    def add(self, at: float, events: int, bytes: int, records: int) -> "UsageMeter":
-        """The meter with a checkpoint taken at ``at`` counted."""
-        counted, hour = self.events, _hour(at)
-        if counted and counted[-1][0] == hour:
-            counted = counted[:-1] + ((hour, counted[-1][1] + events),)
-        elif events:
-            counted = counted + ((hour, events),)
-        return replace(self, bytes=self.bytes + bytes, records=self.records + records, events=counted)
-
-    def hour_passed(self, now: float) -> bool:
-        """Whether a UTC clock hour began since the meter started: time to record."""
-        return _hour(now) > _hour(self.since)
-
-    def recorded(self, now: float, final: bool = False) -> ev.UsageRecorded:
-        """The usage from ``since`` to ``now``; its ``at`` is ``now``, the end of the
-        span it covers."""
-        return ev.UsageRecorded(pipeline=self.pipeline, run_id=self.run_id, bytes=self.bytes, records=self.records,
-                                hours=split_hours(self.since, max(now, self.since), self.events), final=final,
-                                at=now)
-
-    def restarted(self, now: float) -> "UsageMeter":
-        """A meter counting from ``now``, once the usage up to it is recorded."""
-        return UsageMeter(self.pipeline, self.run_id, since=now)
 
 
 # --- the projection -------------------------------------------------------------------
@@ -416,10 +337,6 @@ def _run_key(pipeline: str, run_id: str) -> str:
     return f"{pipeline}/{run_id}"
 
 
-def _hour(at: float) -> int:
-    return int(at // HOUR) * HOUR
-
-
 def _utc(at: float) -> datetime:
     return datetime.fromtimestamp(at, tz=timezone.utc)
 
@@ -540,5 +457,4 @@ def _format(charges: list[dict], invoices: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Billing", "UsageMeter", "bill_command", "check_period", "project", "run_usage", "settle",
-           "split_hours"]
+__all__ = ["Billing", "bill_command", "check_period", "project", "settle"]

@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 
 from etl_actors import cli
 from etl_actors import events as ev
-from etl_actors.billing import Billing, UsageMeter, project, settle, split_hours
+from etl_actors.billing import Billing, project, settle
+from etl_actors.usage import UsageMeter, split_hours
 from etl_actors.eventlog import EventLog
 from etl_actors.errors import UsageError
 from etl_actors.pricing import GB, cents, quote

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from .. import events as ev
-from ..billing import UsageMeter
+from ..usage import UsageMeter
 from ..errors import EtlError, TerminalError
 from .retry import is_transient
 from .supervisor import ChildLost

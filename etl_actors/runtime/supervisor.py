@@ -19,7 +19,8 @@ import uuid
 from collections import deque
 from typing import Any, Mapping, Protocol
 
-from .. import alerts, billing
+from .. import alerts
+from .. import usage as usage_module
 from .. import events as ev
 from ..batch import DeadLetter, jsonable
 from ..errors import ConcurrencyError, EtlError, LeaseLost, TerminalError, first_line
@@ -271,7 +272,7 @@ class PipelineSupervisor:
             message = f"interrupted (Ctrl-C): {abandoned}"
         else:
             message = str(exc) if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
-        used = usage() if usage is not None else billing.run_usage(self.runs.by_id[run_id])
+        used = usage() if usage is not None else usage_module.run_usage(self.runs.by_id[run_id])
         try:
             self.append(*self.quality_report(run_id), used,
                         ev.RunFailed(run_id=run_id, error=message or type(exc).__name__, metrics=metrics()))
@@ -467,7 +468,7 @@ class _Run:
         if self.sup._stopping:
             self.sup._stopping = False
             raise EtlError(f"{self.sup._stop_reason}: ended after the batches in flight were committed")
-        self.sup.append(*self.sup.quality_report(self.run_id), billing.run_usage(self.sup.runs.by_id[self.run_id]),
+        self.sup.append(*self.sup.quality_report(self.run_id), usage_module.run_usage(self.sup.runs.by_id[self.run_id]),
                         ev.RunSucceeded(run_id=self.run_id, metrics=self._metrics()))
 
     def _metrics(self) -> dict:
