@@ -446,7 +446,7 @@ def _cmd_keys(args) -> int:
 
 
 def _cmd_schedule(args) -> int:
-    from .scheduler import schedule_command
+    from .scheduler_actor import schedule_command
 
     return schedule_command(args)
 

@@ -396,6 +396,6 @@ def _check_port(host: str, port: int) -> None:
 
 def _start_scheduler(log_url: str) -> None:
     """Services with a schedule are fired by the scheduler actor of this log."""
-    from ..scheduler import ensure_scheduler
+    from ..scheduler_actor import ensure_scheduler
 
     ensure_scheduler(log_url)

@@ -9,7 +9,7 @@ import ray
 
 from etl_actors import pricing
 from etl_actors.eventlog import EventLog
-from etl_actors.scheduler import ensure_scheduler
+from etl_actors.scheduler_actor import ensure_scheduler
 
 from .conftest import PER_RECORD, create, finished, orders_service, rows_in, serving
 
