@@ -69,7 +69,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,6 +77,8 @@ from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
+
+from threaded import ThreadedServer
 
 DATA_ROUTES = ("/page", "/offset", "/cursor", "/link")
 
@@ -126,8 +127,10 @@ class Fault:
         return all(request.query.get(k) == v for k, v in self.when.items())
 
 
-class ApiServer:
+class ApiServer(ThreadedServer):
     """A scriptable HTTP API on 127.0.0.1; see the module docstring."""
+
+    name = "apiserver"
 
     def __init__(self, records: list[dict] | None = None, *, token: str | None = None,
                  token_header: str = "Authorization", token_prefix: str = "Bearer ",
@@ -157,50 +160,6 @@ class ApiServer:
 
     def url_for(self, path: str) -> str:
         return self.url + path
-
-    def start(self) -> "ApiServer":
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name="apiserver", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the test API server did not start within 10 s")
-        return self
-
-    def _serve(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._open())
-        ready.set()
-        self._loop.run_forever()
-
-    async def _open(self) -> None:
-        self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-
-    def stop(self) -> None:
-        if self._loop is None or self._loop.is_closed():
-            return
-        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    async def _close(self) -> None:
-        await self._runner.cleanup()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:           # slow answers still sleeping
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def __enter__(self) -> "ApiServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # --- scripting --------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ look for them in what the code under test prints, logs and records.
 """
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 from aiohttp import ClientSession, web
+
+from threaded import ThreadedServer
 
 REGION = "us-east-1"
 _HOP_BY_HOP = {"transfer-encoding", "connection", "keep-alive", "content-encoding"}
@@ -115,22 +116,18 @@ class _Fault:
     method: str | None
 
 
-class FaultProxy:
+class FaultProxy(ThreadedServer):
     """An HTTP proxy in front of a :class:`MotoServer`, in a thread of this process,
     that answers scripted requests with an error instead of forwarding them."""
+
+    name = "s3-fault-proxy"
 
     def __init__(self, store: MotoServer):
         self.store = store
         self.faults: list[_Fault] = []
         self.failed: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self.port = 0
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name="s3-fault-proxy", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the fault proxy did not start within 10 s")
+        self.start()
 
     def connection(self, key: str, secret: str, **options: str) -> str:
         query = "&".join(f"{k}={v}" for k, v in {"scheme": "http", "region": REGION, **options}.items())
@@ -167,35 +164,16 @@ class FaultProxy:
                     and (request.method == "HEAD" or k.lower() != "content-length")}
             return web.Response(status=answer.status, body=data, headers=kept)
 
-    def _serve(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._open())
-        ready.set()
-        self._loop.run_forever()
-
-    async def _open(self) -> None:
-        self._session = ClientSession(auto_decompress=False)
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self._runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        return app
 
-    def stop(self) -> None:
-        async def close() -> None:
-            await self._runner.cleanup()
-            await self._session.close()
+    async def _started(self) -> None:
+        self._session = ClientSession(auto_decompress=False)
 
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+    async def _stopping(self) -> None:
+        await self._session.close()
 
     def __enter__(self) -> "FaultProxy":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self      # started when made
