@@ -1,8 +1,11 @@
 """The server's picture of the log: keys, services, requests with their live progress,
 and billing, folded from every event and kept up to date by following the log.
 
-It is a cache: rebuilt from the log at every start, so a server restarted on the same
-log answers as before. It follows the log every ``poll_s`` (0.2 s) on a thread of its
+It is a cache of the log, so a server restarted on the same log answers as before; a
+start resumes from the store's newest snapshot (``ProjectionSnapshot`` in stream
+``projection:service-store``, saved every ``snapshots.EVERY`` events folded) and folds
+only what follows. A snapshot keeps the unfinished requests and the ``KEEP_FINISHED``
+newest finished ones; an older request is read from its own stream when asked for. It follows the log every ``poll_s`` (0.2 s) on a thread of its
 own, so a key revoked from the command line stops working within that; a handler that
 has just appended calls :meth:`Store.sync` to read its own write. Alert states are
 folded per pipeline as the log is followed (a status page asks every second: no
@@ -14,20 +17,25 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import asdict
 from typing import Iterable, Iterator
 
 from .. import alerts as alerts_module
 from .. import events as ev
 from ..eventlog import EventLog
 from ..projections import progress as progress_projection
+from ..projections import snapshots
 from . import keys as keys_projection
-from .keys import Principal
-from .model import (REQUEST_PREFIX, SERVICE_PREFIX, Request, Service, evolve_request, iso, request_view,
-                    status_of)
+from .keys import KeyRecord, Principal
+from .model import (REQUEST_PREFIX, SERVICE_PREFIX, Request, Service, evolve_request, iso, project_request,
+                    request_stream, request_view, status_of)
 
 logger = logging.getLogger(__name__)
 
 PAGE = 1000
+SNAPSHOT = "service-store"     # the store's snapshots: stream projection:service-store
+FORMAT = 1                     # the shape of the state a snapshot keeps; one of another shape is not read
+KEEP_FINISHED = 1000           # finished requests a snapshot keeps (the newest)
 LOADS_KEPT_S = 3600.0          # loads kept for the records-per-minute chart
 PIPELINE_PREFIX = ev.pipeline_stream("")
 
@@ -56,11 +64,14 @@ class Store:
         self._alerts: dict[str, alerts_module.AlertState] = {}   # pipeline -> its alert state
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._unsaved = 0                                # events folded since the last snapshot
 
     # --- following the log ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Fold the log so far, then follow it on a thread of its own."""
+        """Resume from the newest snapshot and fold the log after it, then follow the
+        log on a thread of its own."""
+        self._resume()
         self.sync()
         self._thread = threading.Thread(target=self._follow, daemon=True, name="etl-service-store")
         self._thread.start()
@@ -84,6 +95,9 @@ class Store:
                         except Exception:  # noqa: BLE001 - one bad event must not freeze the server
                             logger.exception("event %s (%s) could not be folded", recorded.position, recorded.type)
                         self.position = recorded.position
+                    self._unsaved += len(page)
+                if self._unsaved > snapshots.EVERY:
+                    self._save()
                 if len(page) < PAGE:
                     return self.position
 
@@ -154,9 +168,26 @@ class Store:
             return sorted(self.services.values(), key=lambda s: (s.created_at, s.service_id))
 
     def view(self, request_id: str) -> dict | None:
+        """The request's view; one left out of the snapshot the store resumed from is
+        read from its stream (and its run's progress from the pipeline's)."""
         with self.lock:
             request = self.requests.get(request_id)
-            return None if request is None else self._view(request)
+            if request is not None:
+                return self._view(request)
+        return self._view_from_log(request_id) if self._resumed_from else None
+
+    def _view_from_log(self, request_id: str) -> dict | None:
+        request = project_request(self.log.read(request_stream(request_id)))
+        if request is None:
+            return None
+        progress = None
+        if request.pipeline is not None:
+            progress = progress_projection.Progress()
+            for recorded in self.log.read(ev.pipeline_stream(request.pipeline)):
+                if getattr(recorded.event, "run_id", None) == request.run_id:
+                    progress = progress_projection.evolve(progress, recorded)
+        with self.lock:
+            return request_view(request, progress, self.billing.charge_of(request_id))
 
     def _view(self, request: Request) -> dict:
         return request_view(request, self._progress.get(request.request_id),
@@ -248,6 +279,64 @@ class Store:
     def invoice(self, customer: str, period: str) -> dict:
         with self.lock:
             return self.billing.invoice(customer, period)
+
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    _resumed_from = 0      # the position of the snapshot this store resumed from (0: none)
+
+    def _resume(self) -> None:
+        """Take the newest snapshot's state, if this version can read it."""
+        snapshot = snapshots.latest(self.log, SNAPSHOT)
+        if snapshot is None or snapshot.state.get("format") != FORMAT:
+            return
+        try:
+            with self.lock:
+                self._restore(snapshot.state)
+                self.billing.recall(self.log)
+                self.position = self._resumed_from = snapshot.position
+        except Exception:  # noqa: BLE001 - an unreadable snapshot: fold the log from the start
+            logger.warning("the store's snapshot at %s could not be read; folding the whole log",
+                           snapshot.position, exc_info=True)
+            self.__init__(self.log.url, self.poll_s)
+
+    def _save(self) -> None:
+        with self.lock:
+            state, position, self._unsaved = self._state(), self.position, 0
+        try:
+            snapshots.save(self.log, SNAPSHOT, position, state)
+        except Exception:  # noqa: BLE001 - too large, or the log busy: the next one, later
+            logger.warning("the store's snapshot at %s could not be saved", position, exc_info=True)
+
+    def _state(self) -> dict:
+        """What a snapshot keeps, as plain msgpack types; under the lock."""
+        finished = [r for r in reversed(self._order) if self.requests[r].finished][:KEEP_FINISHED]
+        kept = set(finished) | {r for r in self._order if not self.requests[r].finished}
+        order = [r for r in self._order if r in kept]
+        return {"format": FORMAT, "keys": [asdict(k) for k in self.keys.values()],
+                "services": [asdict(s) for s in self.services.values()],
+                "requests": [asdict(self.requests[r]) for r in order],
+                "progress": {r: asdict(p) for r, p in self._progress.items() if r in kept},
+                "loads": [list(load) for load in self._loads],
+                "rejecting": {p: sorted(runs) for p, runs in self._rejecting.items()},
+                "alerts": {p: a.to_dict() for p, a in self._alerts.items()},
+                "billing": self.billing.to_state()}
+
+    def _restore(self, state: dict) -> None:
+        from .. import billing
+
+        self.keys = {k["key_id"]: KeyRecord(**k) for k in state["keys"]}
+        self.services = {s["service_id"]: Service(**s) for s in state["services"]}
+        self._by_pipeline = {s.pipeline: s.service_id for s in self.services.values()}
+        requests = [Request(**{**r, "runs": tuple(r["runs"])}) for r in state["requests"]]
+        self.requests = {r.request_id: r for r in requests}
+        self._order = [r.request_id for r in requests]
+        self._run_requests = {run: r.request_id for r in requests for run in r.runs}
+        self._progress = {r: progress_projection.Progress(**p) for r, p in state["progress"].items()}
+        self._loads = deque(tuple(load) for load in state["loads"])
+        self._rejecting = {p: set(runs) for p, runs in state["rejecting"].items()}
+        self._alerts = {p: alerts_module.AlertState.from_dict(a) for p, a in state["alerts"].items()}
+        self.billing = billing.Billing.from_state(state["billing"])
 
 
 def newest(items: Iterable[dict], key: str, limit: int) -> list[dict]:
