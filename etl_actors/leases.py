@@ -133,6 +133,15 @@ class Leases:
         with self.log._engine.connect() as conn:
             return _lease(conn, pipeline)
 
+    def live(self, pipeline: str) -> Lease | None:
+        """The pipeline's lease while a run holds it: not released, its holder's
+        process not provably gone, not expired by the database's clock."""
+        with self.log._engine.connect() as conn:
+            lease, now = _lease(conn, pipeline), self.now(conn)
+        if lease is None or lease.released or process_gone(lease.owner) or lease.expires_at <= now:
+            return None
+        return lease
+
     def acquire(self, pipeline: str, owner: Owner, timeout: float, min_epoch: int = 0, force: bool = False,
                 is_gone: Callable[[Owner], bool] = process_gone) -> Grant:
         """Take the pipeline's lease for ``owner`` (see the module docstring) with an

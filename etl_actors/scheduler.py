@@ -41,10 +41,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from . import events as ev
-from .db import engine_for
 from .errors import ConcurrencyError, EtlError, SpecError, SpecErrors, UsageError, first_line
 from .eventlog import EventLog
-from .leases import Leases, iso, process_gone
+from .leases import Leases, iso
 from .pipeline import Pipeline
 from .schedules import GRACE, Schedule, due, fire_times, next_fire_time
 from .spec import PipelineSpec, Section, parse_file
@@ -238,12 +237,8 @@ class Scheduler:
         if handle is not None and handle.is_alive():
             return label
         self.running.pop(pipeline, None)
-        lease = self.leases.current(pipeline)
-        if lease is None or lease.released or process_gone(lease.owner):
-            return None
-        with engine_for(self.log_url).connect() as conn:   # leases expire by the database's clock
-            live = lease.expires_at > self.leases.now(conn)
-        return f"run {lease.owner.run_id}" if live else None
+        lease = self.leases.live(pipeline)
+        return f"run {lease.owner.run_id}" if lease is not None else None
 
     # --- services ----------------------------------------------------------------------
 

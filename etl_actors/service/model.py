@@ -18,6 +18,7 @@ from typing import Iterable
 
 from .. import events as ev
 from ..projections.progress import Progress
+from ..projections.progress import evolve as evolve_progress
 from .specs import input_names
 
 SERVICE_PREFIX = "service:"
@@ -99,6 +100,18 @@ def project_request(recorded: Iterable[ev.RecordedEvent]) -> Request | None:
     for item in recorded:
         state = evolve_request(state, item)
     return state
+
+
+def run_progress(log, request: Request) -> Progress | None:
+    """The progress of the request's (last) run, read from its pipeline's stream; None
+    before it was given one."""
+    if request.pipeline is None:
+        return None
+    progress = Progress()
+    for recorded in log.read(ev.pipeline_stream(request.pipeline)):
+        if getattr(recorded.event, "run_id", None) == request.run_id:
+            progress = evolve_progress(progress, recorded)
+    return progress
 
 
 def status_of(request: Request, progress: Progress | None) -> str:

@@ -28,10 +28,9 @@ from .. import events as ev
 from ..errors import ConcurrencyError, LeaseHeld, SpecError, SpecErrors, UsageError, first_line
 from ..eventlog import EventLog
 from ..pipeline import Pipeline
-from ..projections import progress as progress_projection
 from ..projections import runs as runs_projection
 from ..spec import PipelineSpec, parse
-from .model import Request, Service, project_request, request_stream, request_view, service_stream
+from .model import Request, Service, project_request, request_stream, request_view, run_progress, service_stream
 from .specs import apply_inputs, check_inputs, placeholder_paths, service_spec
 
 logger = logging.getLogger(__name__)
@@ -225,14 +224,7 @@ def view_from_log(log: EventLog, request_id: str) -> dict:
     from .. import billing
 
     request = load_request(log, request_id)
-    progress = None
-    if request.pipeline is not None:
-        progress = progress_projection.Progress()
-        for recorded in log.read(ev.pipeline_stream(request.pipeline)):
-            if isinstance(recorded.event, ev.RunStarted) and recorded.event.run_id != request.run_id:
-                continue
-            progress = progress_projection.evolve(progress, recorded)
-    return request_view(request, progress, billing.project(log).charge_of(request_id))
+    return request_view(request, run_progress(log, request), billing.project(log).charge_of(request_id))
 
 
 def succeeded_run(log: EventLog, request: Request) -> dict | None:

@@ -5,8 +5,10 @@ It is a cache of the log, so a server restarted on the same log answers as befor
 start resumes from the store's newest snapshot (``ProjectionSnapshot`` in stream
 ``projection:service-store``, saved every ``snapshots.EVERY`` events folded) and folds
 only what follows. A snapshot keeps the unfinished requests and the ``KEEP_FINISHED``
-newest finished ones; an older request is read from its own stream when asked for. It follows the log every ``poll_s`` (0.2 s) on a thread of its
-own, so a key revoked from the command line stops working within that; a handler that
+newest finished ones; an older request is read from its own stream when asked for.
+
+It follows the log every ``poll_s`` (0.2 s) on a thread of its own, so a key revoked
+from the command line stops working within that; a handler that
 has just appended calls :meth:`Store.sync` to read its own write. Alert states are
 folded per pipeline as the log is followed (a status page asks every second: no
 replay per answer); dead letters are read from their table when asked for.
@@ -28,6 +30,7 @@ from ..projections import snapshots
 from . import keys as keys_projection
 from .keys import KeyRecord, Principal
 from .model import (REQUEST_PREFIX, SERVICE_PREFIX, Request, Service, evolve_request, iso, project_request,
+                    run_progress,
                     request_stream, request_view, status_of)
 
 logger = logging.getLogger(__name__)
@@ -180,12 +183,7 @@ class Store:
         request = project_request(self.log.read(request_stream(request_id)))
         if request is None:
             return None
-        progress = None
-        if request.pipeline is not None:
-            progress = progress_projection.Progress()
-            for recorded in self.log.read(ev.pipeline_stream(request.pipeline)):
-                if getattr(recorded.event, "run_id", None) == request.run_id:
-                    progress = progress_projection.evolve(progress, recorded)
+        progress = run_progress(self.log, request)
         with self.lock:
             return request_view(request, progress, self.billing.charge_of(request_id))
 
