@@ -23,7 +23,7 @@ from ..errors import LeaseHeld
 from ..leases import iso
 from ..logs import RunLogger
 from ..spec import PipelineSpec
-from .graph import STAGES, child_name
+from .graph import STAGES, child_name, first_children
 from .supervisor import ChildLost, PipelineSupervisor
 
 NAMESPACE = "etl_actors"
@@ -46,25 +46,35 @@ class RayChildren:
         self.spec, self.log_url = spec, log_url
         self.handles: dict[tuple[str, int], Any] = {}
         self.generations: dict[tuple[str, int], int] = {}
+        self.fresh: set[tuple[str, int]] = set()    # started ahead of a run, never used yet
+        for kind, n in first_children(spec, self.cpus).items():
+            for index in range(n):
+                try:
+                    self.handles[(kind, index)] = self._spawn(kind, index)
+                    self.fresh.add((kind, index))
+                except ValueError:  # a dying predecessor holds the name: the run creates it
+                    pass
 
     def cpus(self) -> int:
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
-    async def _create(self, kind: str, index: int) -> None:
+    def _spawn(self, kind: str, index: int):
+        """Create the child actor (its process starts in the background); ValueError
+        while its name is taken."""
         stage = STAGES[kind]
         cls = ray.remote(stage.cls(self.spec))
-        name = child_name(self.spec.name, kind, index)
+        return cls.options(name=child_name(self.spec.name, kind, index), namespace=NAMESPACE,
+                           num_cpus=self.spec.runtime.num_cpus, max_restarts=0,
+                           max_task_retries=0).remote(*stage.args(self.spec, self.log_url, index))
+
+    async def _create(self, kind: str, index: int) -> None:
         for attempt in range(50):
             try:
-                handle = cls.options(name=name, namespace=NAMESPACE,
-                                     num_cpus=self.spec.runtime.num_cpus, max_restarts=0,
-                                     max_task_retries=0).remote(*stage.args(self.spec, self.log_url, index))
-                break
+                self.handles[(kind, index)] = self._spawn(kind, index)
+                return
             except ValueError:  # the name of a dying predecessor is not free yet
                 await asyncio.sleep(0.2)
-        else:
-            raise RuntimeError(f"cannot create {name}: the name stays taken")
-        self.handles[(kind, index)] = handle
+        raise RuntimeError(f"cannot create {child_name(self.spec.name, kind, index)}: the name stays taken")
 
     async def _await(self, kind: str, index: int, ref):
         try:
@@ -76,7 +86,8 @@ class RayChildren:
 
     async def start(self, counts: Mapping[str, int]) -> None:
         wanted = [(kind, i) for kind, n in counts.items() for i in range(n)]
-        warm = [key for key in wanted if key in self.handles]
+        warm = [key for key in wanted if key in self.handles and key not in self.fresh]
+        self.fresh.clear()
         for kind, index in wanted:
             if (kind, index) not in self.handles:
                 await self._create(kind, index)

@@ -38,7 +38,19 @@ def _extractor_class(spec) -> type:
 def _extractor_args(spec, log_url: str, index: int) -> tuple:
     if spec.is_stream:
         return (spec.name, spec.source, spec.transformations, spec.window, log_url, index)
-    return (spec.name, spec.source, log_url, index)
+    return (spec.name, spec.source, log_url, index, spec.transformations if chained(spec) else ())
+
+
+def chained(spec) -> bool:
+    """Whether a batch pipeline's extractors run its transformation chain themselves
+    (as Flink chains operators), with no transformer actors: so unless a step needs
+    the pool, namely an aggregate (its partials meet in one transformer) or a user
+    function (may be heavy: the pool spreads it over the cluster's CPUs), or
+    ``parallelism`` asks for transformers explicitly. Decided when the spec is read,
+    shown by ``validate`` and recorded in ``PipelineDefined``."""
+    if spec.is_stream or spec.runtime.parallelism:
+        return False
+    return not any(step.blocking or step.pooled for step in spec.transformations)
 
 
 def _window_class(spec) -> type:
@@ -69,10 +81,23 @@ def child_name(pipeline: str, kind: str, index: int) -> str:
     return f"etl:{pipeline}:{suffix}"
 
 
+def first_children(spec, cpus: Callable[[], int]) -> dict[str, int]:
+    """The children every run of a batch pipeline starts with, whatever its source
+    lists: one extractor, the transformer pool unless :func:`chained`, a loader per
+    sink. The supervisor starts them as it starts itself, so their processes boot
+    while it reads its log; a run adds extractors for more partitions. None for a
+    stream (its extractors follow its partitions)."""
+    if spec.is_stream:
+        return {}
+    transformers = 0 if chained(spec) else spec.runtime.parallelism or cpus()
+    return {"extractor": 1, "transformer": transformers, "loader": len(spec.sinks)}
+
+
 def plan(spec) -> list[dict]:
     """The stages a run of ``spec`` starts, in data order, as ``validate`` shows them and
     ``PipelineDefined`` records them: ``[{"kind", "actors", "runs": [...]}]`` (the
-    extractor of a stream runs the processors before its window, chained)."""
+    extractor of a stream runs the processors before its window, chained; a batch
+    pipeline's runs its steps when :func:`chained`)."""
     if spec.is_stream:
         stages = [{"kind": "extractor", "actors": getattr(spec.source, "parallelism", None) or "cpus",
                    "runs": [f"read {spec.source.type}", *[s.id for s in spec.transformations],
@@ -80,6 +105,9 @@ def plan(spec) -> list[dict]:
         if spec.window is not None:
             stages.append({"kind": "window", "actors": spec.window.parallelism,
                            "runs": [f"{spec.window.id} ({spec.window.kind})", *[s.id for s in spec.after]]})
+    elif chained(spec):
+        stages = [{"kind": "extractor", "actors": spec.runtime.extractors or "cpus",
+                   "runs": [f"read {spec.source.type}", *[s.id for s in spec.transformations]]}]
     else:
         runtime = spec.runtime
         stages = [{"kind": "extractor", "actors": runtime.extractors or "cpus", "runs": [f"read {spec.source.type}"]},

@@ -14,11 +14,13 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from .. import quality
-from ..batch import DeadLetter, SourceBatch, StepResult, table_digest
+from .readahead import ReadAhead
+from ..batch import DeadLetter, StepResult, table_digest
 from ..errors import StepFailed, first_line
 from ..transforms.base import StepContext
 
 FLAGS_COLUMN = "_quality_flags"
+READ_AHEAD = 2          # batches an extractor reads (and transforms) ahead of the supervisor
 
 
 class Stage:
@@ -37,13 +39,18 @@ class Stage:
 
 
 class Extractor(Stage):
-    """Reads one partition at a time from a source, one batch per call."""
+    """Reads one partition at a time from a source, one batch per call.
 
-    def __init__(self, pipeline: str, source: Any, log_url: str, index: int = 0):
-        self._init_args = (pipeline, source, log_url, index)
+    Chained (``steps`` given, see :func:`~.graph.chained`): it also runs the
+    transformation chain on each batch it reads, so the table goes from here to the
+    loaders, crossing the object store once. Batches are read (and transformed) on a
+    thread of its own up to :data:`READ_AHEAD` ahead of :meth:`next_batch`."""
+
+    def __init__(self, pipeline: str, source: Any, log_url: str, index: int = 0, steps: Sequence[Any] = ()):
+        self._init_args = (pipeline, source, log_url, index, steps)
         self.pipeline, self.source, self.log_url, self.index = pipeline, source, log_url, index
-        self._batches: Iterator[SourceBatch] | None = None
-        self._partition: str | None = None
+        self.chain = Transformer(pipeline, steps, log_url, index) if steps else None
+        self._reading: ReadAhead | None = None
 
     def __repr__(self) -> str:
         return f"Extractor[{self.pipeline}#{self.index}]"
@@ -53,27 +60,45 @@ class Extractor(Stage):
         the dead-letter store)."""
         self.source = source
 
-    def open(self, partition: str, position: Any) -> None:
-        """Start reading ``partition`` after ``position``."""
-        self._partition = partition
-        self._batches = iter(self.source.read(partition, position))
+    def open(self, partition: str, position: Any, run_id: str) -> None:
+        """Start reading ``partition`` after ``position`` for run ``run_id``."""
+        self._stop_reading()
+        self._reading = ReadAhead(self._ready(partition, position, run_id), READ_AHEAD, f"etl-read-{self.index}")
 
-    def next_batch(self, run_id: str) -> tuple[dict | None, pa.Table | None]:
+    def next_batch(self) -> tuple[dict | None, pa.Table | None]:
         """The next batch of the open partition as ``(report, table)``; ``(None, None)``
-        once it is exhausted."""
-        batch = next(self._batches, None) if self._batches is not None else None
-        if batch is None:
-            self._batches = None
+        once it is exhausted. Chained, the table is the chain's output and the report
+        holds the chain's under ``transformed``."""
+        item = self._reading.next() if self._reading is not None else None
+        if item is None:
+            self._stop_reading()
             return None, None
-        if batch.rejects:
-            _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch.batch_id, "extract", batch.rejects)
-        report = {"batch_id": batch.batch_id, "partition": batch.partition, "position": batch.position,
-                  "rows": batch.table.num_rows, "bytes": int(getattr(batch, "bytes", batch.table.nbytes)),
-                  "rejected": len(batch.rejects), "reject_reason": _first_reason(batch.rejects)}
-        if batch.resume_at is not None:
-            report.update(resume_at=batch.resume_at, letter_ids=list(batch.letter_ids),
-                          origin_run=batch.origin_run)
-        return report, batch.table
+        return item
+
+    def _ready(self, partition: str, position: Any, run_id: str) -> Iterator[tuple[dict, pa.Table]]:
+        for batch in self.source.read(partition, position):
+            if batch.rejects:
+                _log(self.log_url).put_dead_letters(self.pipeline, run_id, batch.batch_id, "extract", batch.rejects)
+            report = {"batch_id": batch.batch_id, "partition": batch.partition, "position": batch.position,
+                      "rows": batch.table.num_rows, "bytes": int(getattr(batch, "bytes", batch.table.nbytes)),
+                      "rejected": len(batch.rejects), "reject_reason": _first_reason(batch.rejects)}
+            if batch.resume_at is not None:
+                report.update(resume_at=batch.resume_at, letter_ids=list(batch.letter_ids),
+                              origin_run=batch.origin_run)
+            table = batch.table
+            if self.chain is not None and not (batch.resume_at or "").startswith("load"):
+                start = batch.resume_at.partition(":")[2] if batch.resume_at is not None else None
+                table, report["transformed"] = self.chain.apply(table, batch.batch_id, run_id, start,
+                                                                batch.origin_run)
+            yield report, table
+
+    def _stop_reading(self) -> None:
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            reading.stop()
+
+    def close(self) -> None:
+        self._stop_reading()
 
 
 def _first_reason(letters: Sequence[DeadLetter]) -> str:

@@ -32,7 +32,7 @@ from ..projections import streams as streams_projection
 from ..projections import watermarks as watermarks_projection
 from ..spec import PipelineSpec
 from ..batch import is_done as _is_done
-from .graph import plan
+from .graph import chained, plan
 from .retry import delay, is_transient
 from .stages import split_chain
 
@@ -381,6 +381,7 @@ class _Run:
         self.source = redrive_source if self.redrive else self.spec.source
         self.children: Children = sup.children
         self.before, self.blocking, self.after = split_chain(self.spec.transformations)
+        self.chained = chained(self.spec)    # the extractors run the steps; no transformers
         self.deferred = self.blocking is not None or any(s.commits_at_finish for s in self.spec.sinks)
         self.commits: dict[str, PartitionCommits] = {}
         self.last_loaded: dict[str, Any] = {}
@@ -435,10 +436,10 @@ class _Run:
 
     async def _start_children(self, n_partitions: int) -> None:
         runtime = self.spec.runtime
-        n_transformers = runtime.parallelism or max(1, self.children.cpus())
+        n_transformers = 0 if self.chained else runtime.parallelism or max(1, self.children.cpus())
         self.n_extractors = max(1, min(runtime.extractors or self.children.cpus(), n_partitions))
-        await self.children.start({"extractor": self.n_extractors, "transformer": n_transformers,
-                                   "loader": len(self.spec.sinks)})
+        counts = {"extractor": self.n_extractors, "transformer": n_transformers, "loader": len(self.spec.sinks)}
+        await self.children.start({kind: n for kind, n in counts.items() if n})
         self.transformer_load = [0] * n_transformers
         if self.redrive:
             for i in range(self.n_extractors):
@@ -547,13 +548,15 @@ class _Run:
             if report["rejected"]:
                 events.append(ev.RecordsRejected(run_id=self.run_id, batch_id=report["batch_id"], stage="extract",
                                                  count=report["rejected"], reason=report["reject_reason"]))
+            if "transformed" in report:      # chained: the extractor ran the steps too
+                events += self._transform_events(report["batch_id"], report["transformed"])
             self.sup.append(*events)
             task = asyncio.create_task(self._process(report, ref))
             self.tasks.add(task)
             task.add_done_callback(self._on_done)
 
     def _open(self, index: int, partition: str, position: Any):
-        return self.children.call("extractor", index, "open", partition, position)
+        return self.children.call("extractor", index, "open", partition, position, self.run_id)
 
     async def _next(self, index: int, partition: str, position: Any):
         """The next batch; a lost extractor is restarted, and a transient error retried
@@ -562,7 +565,7 @@ class _Run:
         while True:
             generation = self.children.generation("extractor", index)
             try:
-                return await self.children.call("extractor", index, "next_batch", self.run_id, returns=2)
+                return await self.children.call("extractor", index, "next_batch", returns=2)
             except ChildLost as lost:
                 await self._restarted("extractor", index, lost, generation)
             except EtlError as exc:
@@ -585,6 +588,18 @@ class _Run:
                 "loader", sink, "load", ref, batch_id, self.run_id))
             self._loaded(report, result)
             return
+        out = ref if self.chained else await self._transform(report, ref)
+        if self.blocking is not None:
+            self.partials.append(out)
+            self._loaded(report, {"loaded": 0, "failed": 0, "duplicate": False, "bytes": 0}, record=False)
+            return
+        done = self._loaded(report, await self._load_everywhere(out, batch_id))
+        if done is not None:
+            await self._complete(report["partition"], done)
+
+    async def _transform(self, report: dict, ref: Any) -> Any:
+        """Run the steps on a batch in the least busy transformer; its output's ref."""
+        batch_id, resume_at = report["batch_id"], report.get("resume_at")
         start = resume_at.partition(":")[2] if resume_at is not None else None
         t = self.transformer_load.index(min(self.transformer_load))
         self.transformer_load[t] += 1
@@ -594,16 +609,10 @@ class _Run:
                 returns=2, resolve=1))
         finally:
             self.transformer_load[t] -= 1
-        self._transformed(batch_id, tr)
-        if self.blocking is not None:
-            self.partials.append(out)
-            self._loaded(report, {"loaded": 0, "failed": 0, "duplicate": False, "bytes": 0}, record=False)
-            return
-        done = self._loaded(report, await self._load_everywhere(out, batch_id))
-        if done is not None:
-            await self._complete(report["partition"], done)
+        self.sup.append(*self._transform_events(batch_id, tr))
+        return out
 
-    def _transformed(self, batch_id: str, tr: dict) -> None:
+    def _transform_events(self, batch_id: str, tr: dict) -> list[ev.Event]:
         events: list[ev.Event] = [ev.BatchTransformed(
             run_id=self.run_id, batch_id=batch_id, rows_in=tr["rows_in"], rows_out=tr["rows_out"],
             rejected=tr["rejected"], filtered=tr["filtered"], steps=tr["steps"], flagged=tr.get("flagged", 0),
@@ -613,7 +622,7 @@ class _Run:
                                              count=tr["rejected"], reason=tr["reasons"][0]))
         events += [ev.StepSkipped(run_id=self.run_id, batch_id=batch_id, step=s["step"], error=s["error"])
                    for s in tr["skipped"]]
-        self.sup.append(*events)
+        return events
 
     def _loaded(self, report: dict, result: dict, record: bool = True) -> Any:
         """Record a loaded batch and commit what it completes; return the ``done``

@@ -1,20 +1,27 @@
 """The CSV reader of the file source.
 
-The file is streamed with a typed parse, every column with the type of the file's
-first block (``columns:`` override; a column of nulls is a string; a column pyarrow
-infers as binary because of a byte that is not UTF-8 is a string too: text stays
-text). After a conversion error the reader reopens at the current row and reads raw
-bytes, casting column by column: rows with a value that is not text, or that does not
-convert to its column's type, come back as dead letters, and the other rows load.
-Rows with the wrong number of fields are dead letters too.
+The file is streamed in chunks of whole lines, parsed on several threads at once,
+each with a typed parse, every column with the type of the file's first block
+(``columns:`` override; a column of nulls is a string; a column pyarrow infers as
+binary because of a byte that is not UTF-8 is a string too: text stays text). A chunk
+with a conversion error is parsed again as raw bytes and cast column by column: rows
+with a value that is not text, or that does not convert to its column's type, come back
+as dead letters, and the other rows load. Rows with the wrong number of fields are dead
+letters too.
 
 Every dead letter's record holds ``_file`` (the partition key) and ``_line``, the
-row's line in the file with the header as line 1. ``_line`` counts records: it is
-exact unless blank lines or quoted values spanning lines come before the row.
+row's line in the file with the header as line 1. ``_line`` counts records (rows are
+numbered by counting the rows of the chunks before them, not by one thread reading
+the file): it is exact unless blank lines or quoted values spanning lines come before
+the row. As with pyarrow's own block reader, a quoted value may not span the line
+where a chunk ends.
 """
 from __future__ import annotations
 
 import functools
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import pyarrow as pa
@@ -27,6 +34,8 @@ from .batching import Rows, Unreadable, block_size, closing_reader, grown_block
 from .text import bad_byte, head_problem, label, readable, text_stream
 
 HEAD_BYTES = 1 << 20
+CHUNK_BYTES = 4 << 20                                   # bytes of whole lines parsed at a time
+PARSE_THREADS = max(1, min(4, os.cpu_count() or 1))      # chunks parsed side by side
 COLUMN_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
                 "timestamp": pa.timestamp("us"), "date": pa.date32()}
 _BOM = b"\xef\xbb\xbf"
@@ -44,8 +53,6 @@ class CsvReader:
 
     def __init__(self, source, fs, path: str, partition: str):
         self.source, self.fs, self.path, self.partition = source, fs, path, partition
-        self.invalid: dict[int, DeadLetter] = {}
-        self.skip, self.typed = 0, True
         with self._stream() as stream:
             self.head = stream.read(HEAD_BYTES)
         self.whole = len(self.head) < HEAD_BYTES
@@ -53,9 +60,8 @@ class CsvReader:
         if problem := head_problem(self.head, source.encoding, self.whole):
             raise Unreadable(problem)
 
-    def schema(self) -> pa.Schema | None:
-        """The schema of every batch: the first block's inferred types (see the module
-        docstring), or None for a file without a header."""
+    @functools.cached_property
+    def _schema(self) -> pa.Schema | None:
         if self._blank():
             return None
         while True:
@@ -64,56 +70,78 @@ class CsvReader:
             except pa.ArrowInvalid as exc:
                 self.block = grown_block(self.block, exc, 2)
 
+    def schema(self) -> pa.Schema | None:
+        """The schema of every batch: the first block's inferred types (see the module
+        docstring), or None for a file without a header."""
+        return self._schema
+
     def pieces(self, start: int) -> Iterator[Rows]:
-        """The file's rows from row ``start`` on (a header-only file has none)."""
+        """The file's rows from row ``start`` on (a header-only file has none).
+
+        The file is cut into chunks of whole lines (:data:`CHUNK_BYTES` or more), parsed
+        side by side on :data:`PARSE_THREADS` threads (pyarrow parses without the GIL),
+        and handed on in file order; a chunk's first row is the count of rows, good and
+        invalid, of the chunks before it, so every row keeps its exact number. A read
+        resumed at ``start`` parses the rows before it again and drops them."""
         schema = self.schema()
         if schema is None or self._header_only():
             return
-        consumed = start
-        while True:
-            try:
-                for piece in self._blocks(schema, consumed):
-                    consumed = piece.end
-                    yield piece
-                break
-            except pa.ArrowInvalid as exc:
-                self._adapt(exc, consumed)
-        if self.invalid:
-            yield Rows(consumed, schema.empty_table(), tuple(sorted(self.invalid.items())))
-
-    def _adapt(self, exc: pa.ArrowInvalid, consumed: int) -> None:
-        """Switch to casting after a conversion error, or grow the block after a row
-        that did not fit; raise anything else."""
-        if self.typed and "conversion error" in str(exc):
-            self.typed = False
-        else:
-            self.block = grown_block(self.block, exc, consumed + 2)
-
-    def _blocks(self, schema: pa.Schema, start: int) -> Iterator[Rows]:
-        """Rows block by block from row ``start``: parsed as ``schema``, or as bytes then
-        cast."""
         raw = pa.schema([(f.name, pa.binary()) for f in schema])
-        for batch in self._open(schema if self.typed else raw, start):
-            gaps = self._invalid_among(start, batch.num_rows)
-            table, rejects = pa.Table.from_batches([batch]), []
-            if not self.typed:
-                table, reasons = cast_rows(table, schema, label(self.source.encoding))
-                rejects = self._letters(pa.Table.from_batches([batch]), reasons, start, gaps)
-            rejects += [(i, self.invalid.pop(i)) for i in gaps]
-            piece = Rows(start, table, tuple(sorted(rejects, key=lambda r: r[0])))
-            start = piece.end
-            yield piece
+        first = 0
+        with self._stream() as stream, ThreadPoolExecutor(PARSE_THREADS, "etl-csv") as pool:
+            parsing: deque = deque()
+            chunks = _line_chunks(stream)
+            try:
+                while True:
+                    while len(parsing) <= PARSE_THREADS and (chunk := next(chunks, None)) is not None:
+                        parsing.append(pool.submit(self._parse, chunk, schema, raw))
+                    if not parsing:
+                        return
+                    piece = self._numbered(*parsing.popleft().result(), schema, first)
+                    first = piece.end
+                    if piece.end > start:
+                        yield piece.split(start)[1] if piece.first < start else piece
+            finally:
+                for future in parsing:
+                    future.cancel()
 
-    def _invalid_among(self, first: int, parsed: int) -> list[int]:
-        """Rows skipped as invalid inside a block of ``parsed`` rows starting at row
-        ``first`` (the parser reads ahead, so they are placed by row number)."""
-        end, gaps = first + parsed, []
-        for index in sorted(self.invalid):
-            if index >= end:
-                break
-            gaps.append(index)
-            end += 1
-        return gaps
+    def _parse(self, chunk: pa.Buffer, schema: pa.Schema, raw: pa.Schema) -> tuple[pa.Table, list, bool]:
+        """One chunk as ``(table, invalid rows, typed)``: parsed as ``schema``, or after a
+        conversion error as bytes (``typed`` False) for :func:`cast_rows` to sort out.
+        An invalid row is ``(number in the chunk from 1, its fields, expected, text)``."""
+        invalid: list = []
+
+        def on_invalid(row) -> str:
+            invalid.append((row.number, row.actual_columns, row.expected_columns, row.text))
+            return "skip"
+
+        def parse(columns: pa.Schema) -> pa.Table:
+            invalid.clear()
+            return pcsv.read_csv(pa.BufferReader(chunk), read_options=pcsv.ReadOptions(
+                column_names=columns.names, use_threads=False, block_size=chunk.size + 1),
+                parse_options=self._parse_options(on_invalid),
+                convert_options=pcsv.ConvertOptions(column_types=columns, strings_can_be_null=False))
+
+        if chunk.size == 0:
+            return schema.empty_table(), [], True
+        try:
+            return parse(schema), invalid, True
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc):
+                raise
+        return parse(raw), invalid, False
+
+    def _numbered(self, table: pa.Table, invalid: list, typed: bool, schema: pa.Schema, first: int) -> Rows:
+        """A parsed chunk whose first row is row ``first``, as :class:`Rows`: invalid rows
+        and (for a chunk parsed as bytes) rows that do not convert become dead letters."""
+        rejects = [(first + number - 1, DeadLetter(f"row has {actual} fields, expected {expected}", {
+            "_row": text, "_file": self.partition, "_line": first + number + 1}))
+            for number, actual, expected, text in invalid]
+        if not typed:
+            gaps = [row for row, _ in rejects]
+            raw, (table, reasons) = table, cast_rows(table, schema, label(self.source.encoding))
+            rejects += self._letters(raw, reasons, first, gaps)
+        return Rows(first, table, tuple(sorted(rejects, key=lambda r: r[0])))
 
     def _letters(self, raw: pa.Table, reasons: dict[int, str], first: int, gaps: list[int]) -> list:
         """(row, dead letter) for the parsed rows ``reasons`` names."""
@@ -126,20 +154,15 @@ class CsvReader:
 
     def _inferred(self) -> pa.Schema:
         declared = {name: COLUMN_TYPES[t] for name, t in self.source.columns}
-        options = pcsv.ConvertOptions(column_types=declared)
+        # declared columns are read as text here, so a bad value in the first block is
+        # its row's dead letter later, not a file that cannot be read
+        options = pcsv.ConvertOptions(column_types={name: pa.string() for name in declared})
         source = pa.BufferReader(self._header_line()) if self._header_only() else None
         with (source or self._stream()) as stream, closing_reader(pcsv.open_csv(
-                stream, read_options=self._read_options(0), parse_options=self._parse_options(lambda row: "skip"),
+                stream, read_options=self._read_options(), parse_options=self._parse_options(lambda row: "skip"),
                 convert_options=options)) as reader:
             schema = reader.schema
-        return pa.schema([(f.name, _text_if_untyped(f.type)) for f in schema])
-
-    def _open(self, schema: pa.Schema, skip: int):
-        self.skip = skip
-        with self._stream() as stream, closing_reader(pcsv.open_csv(
-                stream, read_options=self._read_options(skip), parse_options=self._parse_options(self._on_invalid),
-                convert_options=pcsv.ConvertOptions(column_types=schema, strings_can_be_null=False))) as reader:
-            yield from reader
+        return pa.schema([(f.name, declared.get(f.name) or _text_if_untyped(f.type)) for f in schema])
 
     def _stream(self):
         stream = self.fs.open_input_stream(self.path, compression="detect")
@@ -156,21 +179,54 @@ class CsvReader:
     def _header_line(self) -> bytes:
         return self.head.rstrip(b"\r\n") + b"\n"
 
-    def _read_options(self, skip: int) -> pcsv.ReadOptions:
-        return pcsv.ReadOptions(block_size=self.block, use_threads=False, skip_rows_after_names=skip)
+    def _read_options(self) -> pcsv.ReadOptions:
+        return pcsv.ReadOptions(block_size=self.block, use_threads=False)
 
     def _parse_options(self, handler) -> pcsv.ParseOptions:
         return pcsv.ParseOptions(delimiter=self.source.delimiter, invalid_row_handler=handler)
 
-    def _on_invalid(self, row) -> str:
-        # Single-threaded parsing numbers rows from 1 at the header, across skips.
-        index = row.number - 2 if row.number is not None else -1
-        if 0 <= index < self.skip:
-            return "skip"
-        reason = f"row has {row.actual_columns} fields, expected {row.expected_columns}"
-        self.invalid[index] = DeadLetter(reason, {"_row": row.text, "_file": self.partition,
-                                                  "_line": row.number})
-        return "skip"
+
+def _line_chunks(stream) -> Iterator[pa.Buffer]:
+    """The stream's data rows in chunks of whole lines, the header line (and a BOM)
+    left out, without copying the data: each block read (:data:`CHUNK_BYTES`) gives
+    the slice from its first line break to its last, and the line it shares with the
+    next block (the only bytes copied) comes as a small chunk of its own."""
+    carry, header = b"", True
+    while True:
+        block = stream.read_buffer(CHUNK_BYTES)
+        if block.size == 0:
+            if carry and not header:
+                yield pa.py_buffer(carry)
+            return
+        first = _find(block, b"\n", last=False)
+        if first < 0:               # a line longer than a block
+            carry += block.to_pybytes()
+            continue
+        seam = carry + block.slice(0, first + 1).to_pybytes()
+        if header:
+            header = False
+        else:
+            yield pa.py_buffer(seam)
+        last = _find(block, b"\n", last=True)
+        if last > first:
+            yield block.slice(first + 1, last - first)
+        carry = block.slice(last + 1).to_pybytes()
+
+
+def _find(block: pa.Buffer, byte: bytes, last: bool, window: int = 4096) -> int:
+    """The offset of the first (or ``last``) ``byte`` in ``block``, or -1; looked for in
+    a growing window at the start (or end), so a block is not scanned whole."""
+    size = block.size
+    while True:
+        width = min(window, size)
+        if last:
+            found = block.slice(size - width).to_pybytes().rfind(byte)
+            found = found + size - width if found >= 0 else -1
+        else:
+            found = block.slice(0, width).to_pybytes().find(byte)
+        if found >= 0 or width == size:
+            return found
+        window *= 8
 
 
 def _text_if_untyped(type_: pa.DataType) -> pa.DataType:

@@ -38,6 +38,7 @@ class Transform:
 
     type: ClassVar[str]
     blocking: ClassVar[bool] = False
+    pooled: ClassVar[bool] = False      # runs on the transformer pool, never chained into an extractor
 
     @classmethod
     def from_spec(cls, section, ctx) -> "Transform":

@@ -39,6 +39,7 @@ class FunctionStep(Transform):
     required: bool = True
 
     type: ClassVar[str] = "function"
+    pooled: ClassVar[bool] = True       # user code may be heavy: spread over the transformer pool
 
     @classmethod
     def from_spec(cls, section, ctx) -> "FunctionStep":

@@ -1,7 +1,11 @@
 """The long chaos scenario: 100,000 records (62,000, then 2,000 new and 5,000 changed
 per run) into a PostgreSQL upsert while 20 kill -9s land on random children, the
-supervisor and the driver at random moments; each kill is followed by a rerun. At the end: 0 records missing, 0 duplicated, every row at its
-latest version, and the committed watermark never went backwards."""
+supervisor and the driver (in turn) at random moments; each kill is followed by a rerun. At the end: 0 records missing, 0 duplicated, every row at its
+latest version, and the committed watermark never went backwards.
+
+It runs against both plans (:func:`etl_actors.runtime.graph.chained`): the transformer
+pool (``parallelism: 2``, 20 kills) and the chained plan, whose extractors run the
+steps themselves (12 kills, of extractors, the loader, the supervisor and the driver)."""
 from __future__ import annotations
 
 import json
@@ -24,9 +28,14 @@ from etl_actors.eventlog import EventLog
 
 pytestmark = [pytest.mark.slow]
 
-INITIAL, PER_ROUND_NEW, PER_ROUND_UPDATED, KILLS = 62_000, 2_000, 5_000, int(os.environ.get('CHAOS_KILLS', 20))
+INITIAL, PER_ROUND_NEW, PER_ROUND_UPDATED = 62_000, 2_000, 5_000
 T0 = datetime(2026, 1, 1)
-VICTIMS = ("extractor:0", "transformer:0", "transformer:1", "loader", "supervisor", "driver")
+PLANS = {   # plan: (kills, victims)
+    "pooled": (int(os.environ.get("CHAOS_KILLS", 20)),
+               ("extractor:0", "transformer:0", "transformer:1", "loader", "supervisor", "driver")),
+    "chained": (int(os.environ.get("CHAOS_KILLS_CHAINED", 12)),
+                ("extractor:0", "loader", "supervisor", "driver")),
+}
 
 
 class Source:
@@ -61,7 +70,8 @@ class Source:
                 sa.text("SELECT id, email, age FROM customers")))
 
 
-def spec(name: str, url: str) -> dict:
+def spec(name: str, url: str, plan: str) -> dict:
+    pool = {"parallelism": 2} if plan == "pooled" else {}
     return {"name": name, "connections": {"pg": url},
             "pipeline": {"source": {"type": "database", "connection": "pg", "incremental": True,
                                     "query": "SELECT id, email, age, updated_at FROM customers WHERE updated_at > ?",
@@ -70,7 +80,7 @@ def spec(name: str, url: str) -> dict:
                                               "mappings": {"email": {"source": "email", "converter": "lowercase"}}}],
                          "destination": {"type": "database", "connection": "pg", "table": "customers_copy",
                                          "mode": "upsert", "keyFields": ["id"]},
-                         "parallelism": 2, "extractors": 2, "maxInFlight": 3, "maxChildRestarts": 50}}
+                         **pool, "extractors": 2, "maxInFlight": 3, "maxChildRestarts": 50}}
 
 
 def pid_of(actor_name: str) -> int | None:
@@ -85,20 +95,26 @@ def commits(log: EventLog, stream: str) -> list:
     return [r.event.position["cursor"] for r in log.read(stream) if isinstance(r.event, ev.WatermarkCommitted)]
 
 
-def test_twenty_kill_minus_nines_lose_nothing_and_double_nothing(ray_local, pg_schema, tmp_path, uniq, figures):
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_kill_minus_nines_lose_nothing_and_double_nothing(plan, ray_local, pg_schema, tmp_path, uniq, figures):
     rng = random.Random(20261201)
+    kills_wanted, victims = PLANS[plan]
     source = Source(pg_schema)
     source.insert(INITIAL)
     name, log = f"chaos-{uniq}", EventLog(pg_schema)
     stream = f"pipeline:{name}"
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec(name, pg_schema)))
+    path.write_text(yaml.safe_dump(spec(name, pg_schema, plan)))
+    plans = {"pooled": ["extractor", "transformer", "loader"], "chained": ["extractor", "loader"]}
+    validated = subprocess.run([sys.executable, "-m", "etl_actors", "validate", str(path), "--json"],
+                               capture_output=True, text=True)
+    assert [s["kind"] for s in json.loads(validated.stdout)["plan"]] == plans[plan]
     env = {**os.environ, "RAY_ADDRESS": ray_local.address_info["address"]}
     cli = [sys.executable, "-m", "etl_actors", "run", str(path), "--json", "--log", pg_schema]
     kills, outcomes, rounds = [], [], 0
-    while len(kills) < KILLS:
+    while len(kills) < kills_wanted:
         rounds += 1
-        assert rounds <= 3 * KILLS, f"only {len(kills)} kills landed in {rounds - 1} runs: {outcomes}"
+        assert rounds <= 3 * kills_wanted, f"only {len(kills)} kills landed in {rounds - 1} runs: {outcomes}"
         if rounds > 1:   # new and changed rows for every run after the first
             source.insert(PER_ROUND_NEW)
             source.update(rng.sample(range(1, source.next_id), PER_ROUND_UPDATED))
@@ -108,7 +124,7 @@ def test_twenty_kill_minus_nines_lose_nothing_and_double_nothing(ray_local, pg_s
         deadline = time.time() + 120
         while len(commits(log, stream)) < wanted and driver.poll() is None and time.time() < deadline:
             time.sleep(0.02)
-        victim = rng.choice(VICTIMS)
+        victim = victims[len(kills) % len(victims)]     # every kind of process, in turn
         pid = driver.pid if victim == "driver" else pid_of(f"etl:{name}" + ("" if victim == "supervisor" else f":{victim}"))
         if driver.poll() is None and pid is not None:
             os.kill(pid, signal.SIGKILL)
@@ -134,7 +150,7 @@ def test_twenty_kill_minus_nines_lose_nothing_and_double_nothing(ray_local, pg_s
     assert cursors == sorted(cursors)                             # the watermark never went backwards
     interrupted = [r.event for r in log.read(stream) if isinstance(r.event, ev.RunFailed)]
     assert len(interrupted) >= kills.count("driver")
-    figures["chaos: kill -9s survived"] = len(kills)
-    figures["chaos: records checked"] = len(expected)
-    for kind in sorted({v.split(":")[0] for v in VICTIMS}):
-        figures[f"chaos: kills of the {kind}"] = sum(1 for k in kills if k.split(":")[0] == kind)
+    figures[f"chaos ({plan}): kill -9s survived"] = len(kills)
+    figures[f"chaos ({plan}): records checked"] = len(expected)
+    for kind in sorted({v.split(":")[0] for v in victims}):
+        figures[f"chaos ({plan}): kills of the {kind}"] = sum(1 for k in kills if k.split(":")[0] == kind)
