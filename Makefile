@@ -35,6 +35,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/batch_csv_to_parquet.py
 	$(BIN)/python benchmarks/stream_window.py
 	ETL_BENCH_PG_URL="$$(bash scripts/start_postgres.sh)" $(BIN)/python benchmarks/warehouse_merge.py
+	ETL_BENCH_PG_URL="$$(bash scripts/start_postgres.sh)" $(BIN)/python benchmarks/postgres_sink.py
 	$(BIN)/python benchmarks/service_load.py
 	$(BIN)/python benchmarks/recovery.py
 

@@ -10,7 +10,8 @@ the ledger as they were.
 On PostgreSQL (15+) one batch is::
 
     CREATE TEMP TABLE etl_stage_<random> (LIKE target) ON COMMIT DROP
-    COPY etl_stage_<random> (...) FROM STDIN (FORMAT csv)
+    COPY etl_stage_<random> (...) FROM STDIN (FORMAT binary)   -- csv where the types do not allow
+                                                             -- it (etl_actors.sinks.pgcopy)
     MERGE INTO target USING etl_stage_<random> ON <keyFields>
         WHEN MATCHED THEN UPDATE SET ... WHEN NOT MATCHED THEN INSERT ...
     DROP TABLE etl_stage_<random>
