@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
+from .columns import empty_table
 from .errors import SpecError, TerminalError
 from .redaction import redact_url
 
@@ -49,7 +50,7 @@ def _dry_run(source: Any, steps: Sequence[Any], paths: dict[str, str]) -> list[S
     schema = _schema(source) if source is not None else None
     if not isinstance(schema, pa.Schema):
         return []
-    table = schema.empty_table()
+    table = empty_table(schema)
     for i, step in enumerate(steps):
         if step is None or step.type in _OPAQUE_STEPS or getattr(step, "opaque", False):
             return []

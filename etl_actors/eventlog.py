@@ -186,13 +186,12 @@ class EventLog:
                 for i, (type_name, schema, payload) in enumerate(map(encode, events), start=1)]
         try:
             with self.write_transaction() as conn:
-                if fence is not None:
-                    check_fence(conn, *fence)
-                actual = _stream_version(conn, stream)
+                actual = _fenced_version(conn, stream, *fence) if fence is not None else _stream_version(conn, stream)
                 if actual != expected_version:
                     raise ConcurrencyError(stream, expected_version, actual)
                 if rows:
-                    conn.execute(events_table.insert().values(recorded_at=_utcnow()), rows)
+                    now = _utcnow()      # taken holding the write lock: positions and times agree
+                    conn.execute(_INSERT_EVENTS, [{**row, "recorded_at": now} for row in rows])
                 if snapshot is not None:
                     _put_snapshot(conn, *snapshot)
                 if letters is not None and letters[2]:
@@ -411,14 +410,14 @@ def log_error(url: str, exc: BaseException) -> EtlError:
     return TransientError(f"event log {redact(url)} is unreachable: {reason}")
 
 
-def check_fence(conn: sa.Connection, pipeline: str, epoch: int) -> None:
-    """Inside a write transaction: raise LeaseLost unless ``pipeline``'s lease is at ``epoch``."""
-    t = leases_table
-    row = conn.execute(sa.select(t.c.epoch, t.c.owner_host, t.c.owner_pid, t.c.run_id)
-                       .where(t.c.pipeline == pipeline)).first()
+def _fenced_version(conn: sa.Connection, stream: str, pipeline: str, epoch: int) -> int:
+    """Inside a write transaction: the stream's version, after checking that
+    ``pipeline``'s lease is at ``epoch`` (else LeaseLost), in one round trip."""
+    row = conn.execute(_FENCED_VERSION, {"pipeline": pipeline, "stream": stream}).first()
     if row is None or row.epoch != epoch:
         holder = f"run {row.run_id} on {row.owner_host}:{row.owner_pid}" if row is not None else ""
         raise LeaseLost(pipeline, epoch, holder)
+    return row.version or 0
 
 
 @contextmanager
@@ -524,8 +523,15 @@ def _put_snapshot(conn: sa.Connection, pipeline: str, seq: int, parts: Sequence[
 
 
 def _stream_version(conn: sa.Connection, stream: str) -> int:
-    query = sa.select(sa.func.max(events_table.c.version)).where(events_table.c.stream == stream)
-    return conn.execute(query).scalar() or 0
+    return conn.execute(_STREAM_VERSION, {"stream": stream}).scalar() or 0
+
+
+_INSERT_EVENTS = events_table.insert()
+_STREAM_VERSION = sa.select(sa.func.max(events_table.c.version)).where(
+    events_table.c.stream == sa.bindparam("stream"))
+_FENCED_VERSION = sa.select(leases_table.c.epoch, leases_table.c.owner_host, leases_table.c.owner_pid,
+                            leases_table.c.run_id, _STREAM_VERSION.scalar_subquery().label("version")).where(
+    leases_table.c.pipeline == sa.bindparam("pipeline"))
 
 
 def _dead_letter_filter(pipeline: str, run_id: str | None, pending: bool = False,

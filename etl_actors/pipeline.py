@@ -360,11 +360,14 @@ def _stop_gracefully(supervisor, run) -> dict:
 def stop_supervisor(supervisor) -> None:
     import ray
 
+    from .runtime.actors import stop_started_children
+
     try:
         ray.get(supervisor.shutdown.remote(), timeout=30)
     except Exception:  # noqa: BLE001 - it may be dead already; the kill below settles it
         pass
     ray.kill(supervisor, no_restart=True)
+    stop_started_children(supervisor)
 
 
 def pipeline_status(name: str, log_url: str, spec: PipelineSpec | None = None) -> dict:

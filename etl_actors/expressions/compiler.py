@@ -3,6 +3,7 @@ turned into a closure that evaluates over a whole :class:`pyarrow.Table`."""
 from __future__ import annotations
 
 import ast
+import struct
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -62,7 +63,7 @@ class Compiler:
             raise self.reject(node, _FORBIDDEN.get(type(node), f"{type(node).__name__} is not allowed"))
         reads = self.reads
         fn = method(node)
-        return self.folded(fn) if self.reads == reads else fn
+        return self.folded(fn) if self.reads == reads and not isinstance(fn, Literal) else fn
 
     def folded(self, fn: Fn) -> Fn:
         """``fn`` reads no column: its value now, or the SpecError it can only end in."""
@@ -94,8 +95,7 @@ class Compiler:
     def constant(self, node: ast.AST, value: Any) -> Fn:
         if problem := literal_problem(value):
             raise self.reject(node, problem, "write a string, a 64-bit integer, a finite number, true, false or null")
-        scalar = pa.scalar(value)
-        return lambda table: scalar
+        return Literal(value)
 
     def _Name(self, node: ast.Name) -> Fn:
         name = self.parsed.name(node)
@@ -181,7 +181,7 @@ class Compiler:
             return lambda table: kernel(left(table))
         if isinstance(op, (ast.In, ast.NotIn)):
             choices, negate = self.literal_list(b), isinstance(op, ast.NotIn)
-            return lambda table: (pc.invert if negate else _identity)(is_in(left(table), choices, what))
+            return lambda table: (pc.invert if negate else _identity)(is_in(left(table), choices(table), what))
         right = self.compile(b)
         return lambda table: compare(type(op), left(table), right(table), what)
 
@@ -189,14 +189,15 @@ class Compiler:
         return (isinstance(node, ast.Constant) and node.value is None) or \
             (isinstance(node, ast.Name) and self.parsed.name(node) == "null")
 
-    def literal_list(self, node: ast.AST) -> pa.Array:
+    def literal_list(self, node: ast.AST) -> "Literal":
         if not isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             raise self.reject(node, "'in' needs a list of literals", "write x in ('a', 'b')")
         values = [self.literal(item) for item in node.elts]
-        try:
-            return pa.array(values)
-        except (pa.ArrowException, TypeError, ValueError):
-            raise self.reject(node, "a list mixes strings and numbers", "use one type of value") from None
+        kinds = {"text" if isinstance(v, str) else "bool" if isinstance(v, bool) else "number"
+                 for v in values if v is not None}
+        if len(kinds) > 1:
+            raise self.reject(node, "a list mixes strings and numbers", "use one type of value")
+        return Literal(values, many=True)
 
     def literal(self, node: ast.AST) -> Any:
         """The Python value of a literal (a constant, a negated number, true/false/null)."""
@@ -257,3 +258,64 @@ def _identity(value: Value) -> Value:
 
 def _is_number(node: ast.AST) -> bool:
     return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+
+def arrow_array(values: list) -> pa.Array:
+    """Literal values (of one kind, as :meth:`Compiler.literal_list` checks) as an Arrow
+    array, the type ``pa.array`` would give, built from buffers: ``pa.array`` makes
+    pyarrow import pandas (0.2 s of a process's start) to recognise pandas' missing
+    values, which literals never are."""
+    present = [v for v in values if v is not None]
+    n = len(values)
+    if not present:
+        return pa.nulls(n)
+    validity = None if len(present) == n else pa.py_buffer(_bits([v is not None for v in values]))
+    if isinstance(present[0], str):
+        data = [v.encode("utf-8") if v is not None else b"" for v in values]
+        offsets = [0]
+        for item in data:
+            offsets.append(offsets[-1] + len(item))
+        kind = pa.string() if offsets[-1] < 2**31 else pa.large_string()
+        width = "<%di" % (n + 1) if kind == pa.string() else "<%dq" % (n + 1)
+        return pa.Array.from_buffers(kind, n, [validity, pa.py_buffer(struct.pack(width, *offsets)),
+                                               pa.py_buffer(b"".join(data))])
+    if isinstance(present[0], bool):
+        return pa.Array.from_buffers(pa.bool_(), n, [validity, pa.py_buffer(_bits([bool(v) for v in values]))])
+    if all(isinstance(v, int) for v in present):
+        return pa.Array.from_buffers(pa.int64(), n, [validity, pa.py_buffer(
+            struct.pack("<%dq" % n, *[v or 0 for v in values]))])
+    return pa.Array.from_buffers(pa.float64(), n, [validity, pa.py_buffer(
+        struct.pack("<%dd" % n, *[float(v or 0) for v in values]))])
+
+
+def _bits(flags: list[bool]) -> bytes:
+    """Arrow's bit-packed booleans (least significant bit first)."""
+    out = bytearray((len(flags) + 7) // 8)
+    for i, flag in enumerate(flags):
+        if flag:
+            out[i // 8] |= 1 << (i % 8)
+    return bytes(out)
+
+
+class Literal:
+    """A literal of an expression (a value, or with ``many`` a list of them), turned
+    into its Arrow scalar (array) on first use in the process that evaluates it. So a
+    compiled spec holds no Arrow object: the processes that only carry it (the driver,
+    the supervisor, a loader) never convert Python values to Arrow, which makes pyarrow
+    import pandas (0.2 s of a worker's start)."""
+
+    def __init__(self, value: Any, many: bool = False):
+        self.value, self.many = value, many
+        self._arrow = None
+
+    def __call__(self, table: pa.Table | None = None):
+        if self._arrow is None:
+            self._arrow = arrow_array(self.value) if self.many else arrow_array([self.value])[0]
+        return self._arrow
+
+    def __getstate__(self) -> dict:
+        return {"value": self.value, "many": self.many}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["value"], state["many"])
+

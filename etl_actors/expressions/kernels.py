@@ -93,7 +93,7 @@ def is_in(value: Value, choices: pa.Array, what: str) -> Value:
                            type=value.type)
     _check_comparable(value.type, choices.type, what)
     found = pc.is_in(value, value_set=choices)
-    return pc.if_else(pc.is_valid(value), found, pa.scalar(None, pa.bool_()))
+    return pc.if_else(pc.is_valid(value), found, pa.nulls(1, pa.bool_())[0])
 
 
 def _as_float(*values: Value) -> list[Value]:

@@ -47,25 +47,36 @@ class RayChildren:
         self.handles: dict[tuple[str, int], Any] = {}
         self.generations: dict[tuple[str, int], int] = {}
         self.fresh: set[tuple[str, int]] = set()    # started ahead of a run, never used yet
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
         for kind, n in first_children(spec, self.cpus).items():
             for index in range(n):
-                try:
-                    self.handles[(kind, index)] = self._spawn(kind, index)
+                self._take_first(kind, index, fresh=not restarted)
+
+    def _take_first(self, kind: str, index: int, fresh: bool) -> None:
+        """Take over the child the driver started with this supervisor (see
+        :func:`start_supervisor`), or start it now. A child taken over by a supervisor
+        Ray restarted served the one before it: the run resets it."""
+        name = child_name(self.spec.name, kind, index)
+        for attempt in range(3):
+            try:
+                self.handles[(kind, index)] = ray.get_actor(name, namespace=NAMESPACE)
+                if fresh:
                     self.fresh.add((kind, index))
-                except ValueError:  # a dying predecessor holds the name: the run creates it
-                    pass
+                return
+            except ValueError:   # not there: start it
+                pass
+            try:
+                self.handles[(kind, index)] = spawn_child(self.spec, self.log_url, kind, index)
+                self.fresh.add((kind, index))
+                return
+            except ValueError:   # started meanwhile, or a dying one's name: look again
+                time.sleep(0.05)
 
     def cpus(self) -> int:
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def _spawn(self, kind: str, index: int):
-        """Create the child actor (its process starts in the background); ValueError
-        while its name is taken."""
-        stage = STAGES[kind]
-        cls = ray.remote(stage.cls(self.spec))
-        return cls.options(name=child_name(self.spec.name, kind, index), namespace=NAMESPACE,
-                           num_cpus=self.spec.runtime.num_cpus, max_restarts=0,
-                           max_task_retries=0).remote(*stage.args(self.spec, self.log_url, index))
+        return spawn_child(self.spec, self.log_url, kind, index)
 
     async def _create(self, kind: str, index: int) -> None:
         for attempt in range(50):
@@ -236,8 +247,25 @@ class SupervisorActor:
         await self.supervisor.shutdown()
 
 
+def spawn_child(spec: PipelineSpec, log_url: str, kind: str, index: int):
+    """Create a child actor by its name (its process starts in the background);
+    ValueError while the name is taken."""
+    stage = STAGES[kind]
+    cls = ray.remote(stage.cls(spec))
+    return cls.options(name=child_name(spec.name, kind, index), namespace=NAMESPACE, num_cpus=spec.runtime.num_cpus,
+                       max_restarts=0, max_task_retries=0).remote(*stage.args(spec, log_url, index))
+
+
+_STARTED_WITH: dict[str, list] = {}   # supervisor actor id -> the children the driver started with it
+
+
 def start_supervisor(spec: PipelineSpec, log_url: str, wait_s: float = 30.0):
     """Create the pipeline's supervisor; refuses when a live one is already running.
+
+    The children every run needs (:func:`~.graph.first_children`) are created here too,
+    beside it, so their processes boot while the supervisor's does; the supervisor
+    takes them over by name. Being the driver's, they share its fate as the supervisor
+    does; :func:`stop_started_children` ends them with the supervisor.
 
     A supervisor whose driver just died may still hold the name for a moment: it is
     waited for (up to ``wait_s``), not mistaken for a running pipeline.
@@ -246,7 +274,16 @@ def start_supervisor(spec: PipelineSpec, log_url: str, wait_s: float = 30.0):
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return SupervisorActor.options(name=name, namespace=NAMESPACE, max_restarts=3).remote(spec, log_url)
+            supervisor = SupervisorActor.options(name=name, namespace=NAMESPACE, max_restarts=3).remote(spec, log_url)
+            started = []
+            for kind, n in first_children(spec, lambda: max(1, int(ray.cluster_resources().get("CPU", 1)))).items():
+                for index in range(n):
+                    try:
+                        started.append(spawn_child(spec, log_url, kind, index))
+                    except ValueError:   # a dying predecessor holds the name: the supervisor starts it
+                        pass
+            _STARTED_WITH[supervisor._actor_id.hex()] = started
+            return supervisor
         except ValueError:
             status = _status(name)
             if status is not None:
@@ -273,3 +310,14 @@ def _status(name: str) -> dict | None:
         return ray.get(ray.get_actor(name, namespace=NAMESPACE).status.remote(), timeout=5)
     except Exception:  # noqa: BLE001 - not a live supervisor
         return None
+
+
+def stop_started_children(supervisor) -> None:
+    """End the children :func:`start_supervisor` created with ``supervisor`` (after the
+    supervisor's own shutdown; already ended ones are no matter)."""
+    for handle in _STARTED_WITH.pop(supervisor._actor_id.hex(), []):
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:  # noqa: BLE001 - gone already
+            pass
+

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from .. import quality
+from .arrow_ipc import ship_tables_as_ipc
 from .readahead import ReadAhead
 from ..batch import DeadLetter, StepResult, table_digest
 from ..errors import StepFailed, first_line
@@ -49,6 +50,7 @@ class Extractor(Stage):
     def __init__(self, pipeline: str, source: Any, log_url: str, index: int = 0, steps: Sequence[Any] = ()):
         self._init_args = (pipeline, source, log_url, index, steps)
         self.pipeline, self.source, self.log_url, self.index = pipeline, source, log_url, index
+        ship_tables_as_ipc()
         self.chain = Transformer(pipeline, steps, log_url, index) if steps else None
         self._reading: ReadAhead | None = None
 
@@ -126,6 +128,7 @@ class Transformer(Stage):
     def __init__(self, pipeline: str, steps: Sequence[Any], log_url: str, index: int = 0):
         self._init_args = (pipeline, steps, log_url, index)
         self.pipeline, self.log_url, self.index = pipeline, log_url, index
+        ship_tables_as_ipc()
         self.before, self.blocking, self.after = split_chain(steps)
         for step in steps:
             step.open()

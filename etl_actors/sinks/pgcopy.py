@@ -54,7 +54,7 @@ DATE, TIMESTAMP, TIMESTAMPTZ, NUMERIC = 1082, 1114, 1184, 1700
 _INTEGERS = {INT2: pa.int16(), INT4: pa.int32(), INT8: pa.int64()}
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, PostgreSQL's epoch, in Unix microseconds
 _PG_EPOCH_DAYS = 10_957
-_NULL_FIELD = pa.scalar(b"\xff\xff\xff\xff", pa.binary())
+_NULL_LENGTH = b"\xff\xff\xff\xff"   # a NULL field: length -1
 _NUMERIC_POSITIVE, _NUMERIC_NEGATIVE = 0x0000, 0x4000
 _INT64_DIGITS = 19
 
@@ -214,7 +214,7 @@ def _fields(array: pa.Array) -> pa.Array:
 
 def _nulls_as_fields(fields: pa.Array, array: pa.Array) -> pa.Array:
     """``fields`` with the NULL field where ``array`` has no value."""
-    return pc.if_else(array.is_valid(), fields, _NULL_FIELD) if array.null_count else fields
+    return pc.if_else(array.is_valid(), fields, pa.scalar(_NULL_LENGTH, pa.binary())) if array.null_count else fields
 
 
 def _fixed(values: np.ndarray) -> pa.Array:

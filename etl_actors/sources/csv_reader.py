@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from ..batch import DeadLetter
-from ..columns import failing_values
+from ..columns import empty_table, failing_values
 from .batching import Rows, Unreadable, block_size, closing_reader, grown_block
 from .text import bad_byte, head_problem, label, readable, text_stream
 
@@ -123,7 +123,7 @@ class CsvReader:
                 convert_options=pcsv.ConvertOptions(column_types=columns, strings_can_be_null=False))
 
         if chunk.size == 0:
-            return schema.empty_table(), [], True
+            return empty_table(schema), [], True
         try:
             return parse(schema), invalid, True
         except pa.ArrowInvalid as exc:
