@@ -44,7 +44,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -57,7 +56,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from _pg import connect, server_url, time_phases, with_schema  # noqa: E402
+
 SEED = 20240921
 HAND_CHUNK_ROWS = 10_000  # streamed: the server reads one chunk while the next is converted
 COLUMNS = ("id", "qty", "price", "amount", "code", "comment", "created_at", "seen_at", "day", "paid")
@@ -96,27 +97,10 @@ def orders(rows: int, version: int) -> pa.Table:
 
 # --- the server ---------------------------------------------------------------------------
 
-def server_url() -> str:
-    for name in ("ETL_BENCH_PG_URL", "ETL_TEST_PG_URL"):
-        lines = [line.strip() for line in os.environ.get(name, "").splitlines() if line.strip()]
-        if lines:
-            return lines[-1]
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "start_postgres.sh")], check=True,
-                         capture_output=True, text=True).stdout
-    return [line.strip() for line in out.splitlines() if line.strip()][-1]
 
 
-def connect(url: str, schema: str, autocommit: bool = False):
-    import psycopg
-
-    from etl_actors.db import normalize_url
-
-    plain = normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    return psycopg.connect(plain, options=f"-csearch_path={schema}", autocommit=autocommit)
 
 
-def with_schema(url: str, schema: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
 # --- by hand: Arrow to COPY data ------------------------------------------------------------
@@ -201,7 +185,8 @@ def etl_load(sink, table: pa.Table, batch_rows: int, run: str, spent: dict | Non
     """``writer.write`` of each ``batch_rows`` slice, as the loader calls it."""
     writer = sink.open("bench")
     if spent is not None:
-        time_phases(writer, spent)
+        time_phases(writer, spent, {name: name for name in ("_write", "_target", "_bulk", "_upsert", "_copy",
+                                                             "_recorded")})
     started = time.perf_counter()
     for index, offset in enumerate(range(0, table.num_rows, batch_rows)):
         result = writer.write(table.slice(offset, batch_rows), f"{run}-{index}")
@@ -212,21 +197,6 @@ def etl_load(sink, table: pa.Table, batch_rows: int, run: str, spent: dict | Non
     return seconds
 
 
-def time_phases(writer, spent: dict) -> None:
-    """Wrap the writer's steps (on the instance only) to add up where the time goes."""
-    def timed(name):
-        method = getattr(writer, name)
-
-        def run(*args, **kwargs):
-            mark = time.perf_counter()
-            try:
-                return method(*args, **kwargs)
-            finally:
-                spent[name] += time.perf_counter() - mark
-        setattr(writer, name, run)
-
-    for name in ("_write", "_target", "_bulk", "_upsert", "_copy", "_recorded"):
-        timed(name)
 
 
 # --- the tables --------------------------------------------------------------------------

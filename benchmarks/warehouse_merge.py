@@ -34,7 +34,6 @@ import argparse
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -47,7 +46,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from _pg import connect, server_url, time_phases, with_schema  # noqa: E402
+
 SEED = 20240607
 HAND_CHUNK_ROWS = 10_000  # streamed: the server parses one chunk while the next is converted
 COUNTRIES = np.array(["DE", "FR", "US", "JP", "BR", "IN", "GB", "ES"])
@@ -78,27 +79,10 @@ def customers(rows: int, version: int) -> pa.Table:
 
 # --- the server ---------------------------------------------------------------------------
 
-def server_url() -> str:
-    for name in ("ETL_BENCH_PG_URL", "ETL_TEST_PG_URL"):
-        lines = [line.strip() for line in os.environ.get(name, "").splitlines() if line.strip()]
-        if lines:
-            return lines[-1]
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "start_postgres.sh")], check=True,
-                         capture_output=True, text=True).stdout
-    return [line.strip() for line in out.splitlines() if line.strip()][-1]
 
 
-def connect(url: str, schema: str):
-    import psycopg
-
-    from etl_actors.db import normalize_url
-
-    plain = normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    return psycopg.connect(plain, options=f"-csearch_path={schema}")
 
 
-def with_schema(url: str, schema: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
 # --- the two ways --------------------------------------------------------------------------
@@ -147,7 +131,8 @@ def etl_merge(writer, table: pa.Table, batch_rows: int, run: str, breakdown: boo
     """``writer.write`` of each ``batch_rows`` slice, as the loader calls it."""
     spent = defaultdict(float)
     if breakdown:
-        _time_phases(writer, spent)
+        time_phases(writer, spent, {"_copy": "csv+copy", "_bulk": "bulk", "_write": "transaction", "_target": "schema",
+                                    "_deduplicated": "dedupe", "_split_null_keys": "nullKeys"})
     writer.run_id = run
     started = time.perf_counter()
     for index, offset in enumerate(range(0, table.num_rows, batch_rows)):
@@ -161,22 +146,6 @@ def etl_merge(writer, table: pa.Table, batch_rows: int, run: str, breakdown: boo
     return {"seconds": seconds, "phases": dict(spent)}
 
 
-def _time_phases(writer, spent: dict) -> None:
-    """Wrap the writer's steps (on the instance only) to add up where the time goes."""
-    def timed(name, label):
-        method = getattr(writer, name)
-
-        def run(*args, **kwargs):
-            mark = time.perf_counter()
-            try:
-                return method(*args, **kwargs)
-            finally:
-                spent[label] += time.perf_counter() - mark
-        setattr(writer, name, run)
-
-    for name, label in (("_copy", "csv+copy"), ("_bulk", "bulk"), ("_write", "transaction"),
-                        ("_target", "schema"), ("_deduplicated", "dedupe"), ("_split_null_keys", "nullKeys")):
-        timed(name, label)
 
 
 # --- main ----------------------------------------------------------------------------------
