@@ -2,7 +2,9 @@
 
 * ``etl:<pipeline>`` — the supervisor, an async actor in the ``etl_actors`` namespace
   with a ``control`` concurrency group so ``status`` and ``stop`` answer while a run is
-  busy. It owns its children, so they share its fate.
+  busy. Its children share its fate: the first ones a run needs are created by the
+  driver beside it (so they boot together) and belong to the driver, as it does; those
+  it creates later (more extractors, replacements) are its own.
 * ``etl:<pipeline>:extractor:<i>``, ``...:transformer:<i>``, ``...:loader`` — sync stage
   actors. Tables pass between them as ObjectRefs; the supervisor sees only reports.
 
