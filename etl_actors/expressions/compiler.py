@@ -275,10 +275,8 @@ def arrow_array(values: list) -> pa.Array:
         offsets = [0]
         for item in data:
             offsets.append(offsets[-1] + len(item))
-        kind = pa.string() if offsets[-1] < 2**31 else pa.large_string()
-        width = "<%di" % (n + 1) if kind == pa.string() else "<%dq" % (n + 1)
-        return pa.Array.from_buffers(kind, n, [validity, pa.py_buffer(struct.pack(width, *offsets)),
-                                               pa.py_buffer(b"".join(data))])
+        return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(struct.pack("<%di" % (n + 1), *offsets)),
+                                                      pa.py_buffer(b"".join(data))])
     if isinstance(present[0], bool):
         return pa.Array.from_buffers(pa.bool_(), n, [validity, pa.py_buffer(_bits([bool(v) for v in values]))])
     if all(isinstance(v, int) for v in present):

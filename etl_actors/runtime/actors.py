@@ -50,7 +50,7 @@ class RayChildren:
         self.generations: dict[tuple[str, int], int] = {}
         self.fresh: set[tuple[str, int]] = set()    # started ahead of a run, never used yet
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        for kind, n in first_children(spec, self.cpus).items():
+        for kind, n in first_children(spec, cluster_cpus).items():
             for index in range(n):
                 self._take_first(kind, index, fresh=not restarted)
 
@@ -75,15 +75,12 @@ class RayChildren:
                 time.sleep(0.05)
 
     def cpus(self) -> int:
-        return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-    def _spawn(self, kind: str, index: int):
-        return spawn_child(self.spec, self.log_url, kind, index)
+        return cluster_cpus()
 
     async def _create(self, kind: str, index: int) -> None:
         for attempt in range(50):
             try:
-                self.handles[(kind, index)] = self._spawn(kind, index)
+                self.handles[(kind, index)] = spawn_child(self.spec, self.log_url, kind, index)
                 return
             except ValueError:  # the name of a dying predecessor is not free yet
                 await asyncio.sleep(0.2)
@@ -249,6 +246,10 @@ class SupervisorActor:
         await self.supervisor.shutdown()
 
 
+def cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def spawn_child(spec: PipelineSpec, log_url: str, kind: str, index: int):
     """Create a child actor by its name (its process starts in the background);
     ValueError while the name is taken."""
@@ -278,7 +279,7 @@ def start_supervisor(spec: PipelineSpec, log_url: str, wait_s: float = 30.0):
         try:
             supervisor = SupervisorActor.options(name=name, namespace=NAMESPACE, max_restarts=3).remote(spec, log_url)
             started = []
-            for kind, n in first_children(spec, lambda: max(1, int(ray.cluster_resources().get("CPU", 1)))).items():
+            for kind, n in first_children(spec, cluster_cpus).items():
                 for index in range(n):
                     try:
                         started.append(spawn_child(spec, log_url, kind, index))

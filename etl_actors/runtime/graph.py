@@ -83,10 +83,10 @@ def child_name(pipeline: str, kind: str, index: int) -> str:
 
 def first_children(spec, cpus: Callable[[], int]) -> dict[str, int]:
     """The children every run of a batch pipeline starts with, whatever its source
-    lists: one extractor, the transformer pool unless :func:`chained`, a loader per
-    sink. The supervisor starts them as it starts itself, so their processes boot
-    while it reads its log; a run adds extractors for more partitions. None for a
-    stream (its extractors follow its partitions)."""
+    lists: one extractor, the transformer pool unless :func:`chained` (``parallelism``
+    or the cluster's CPUs), a loader per sink. The driver starts them beside the
+    supervisor, so their processes boot while its does; a run adds extractors for more
+    partitions. None for a stream (its extractors follow its partitions)."""
     if spec.is_stream:
         return {}
     transformers = 0 if chained(spec) else spec.runtime.parallelism or cpus()

@@ -32,7 +32,7 @@ from ..projections import streams as streams_projection
 from ..projections import watermarks as watermarks_projection
 from ..spec import PipelineSpec
 from ..batch import is_done as _is_done
-from .graph import chained, plan
+from .graph import chained, first_children, plan
 from .retry import delay, is_transient
 from .stages import split_chain
 
@@ -435,12 +435,10 @@ class _Run:
                 await self.sup.backoff(self.run_id, "list", exc, attempt)
 
     async def _start_children(self, n_partitions: int) -> None:
-        runtime = self.spec.runtime
-        n_transformers = 0 if self.chained else runtime.parallelism or max(1, self.children.cpus())
-        self.n_extractors = max(1, min(runtime.extractors or self.children.cpus(), n_partitions))
-        counts = {"extractor": self.n_extractors, "transformer": n_transformers, "loader": len(self.spec.sinks)}
+        self.n_extractors = max(1, min(self.spec.runtime.extractors or self.children.cpus(), n_partitions))
+        counts = {**first_children(self.spec, self.children.cpus), "extractor": self.n_extractors}
         await self.children.start({kind: n for kind, n in counts.items() if n})
-        self.transformer_load = [0] * n_transformers
+        self.transformer_load = [0] * counts["transformer"]
         if self.redrive:
             for i in range(self.n_extractors):
                 await self.children.call("extractor", i, "use_source", self.source)

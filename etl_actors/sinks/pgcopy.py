@@ -44,6 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from ..columns import as_array
+
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
 TRAILER = b"\xff\xff"
 
@@ -109,44 +111,39 @@ def _wired(column: pa.ChunkedArray, oid: int) -> pa.Array | None:
     type_ = column.type
     try:
         if pa.types.is_null(type_):
-            return _array(column)
+            return as_array(column)
         if pa.types.is_boolean(type_):
-            return _array(column) if oid == BOOL else None
+            return as_array(column) if oid == BOOL else None
         if pa.types.is_integer(type_) and oid == NUMERIC:
-            return _numeric(_array(pc.cast(column, pa.int64())), _INT64_DIGITS, 0)
+            return _numeric(as_array(pc.cast(column, pa.int64())), _INT64_DIGITS, 0)
         if pa.types.is_integer(type_):
             target = _INTEGERS.get(oid) or (pa.float64() if oid == FLOAT8 else None)
-            return None if target is None else _array(pc.cast(column, target))
+            return None if target is None else as_array(pc.cast(column, target))
         if pa.types.is_floating(type_):
             same = (oid == FLOAT8 and type_ == pa.float64()) or (oid == FLOAT4 and type_ == pa.float32())
-            return _array(column) if same else None
+            return as_array(column) if same else None
         if pa.types.is_string(type_) or pa.types.is_large_string(type_):
-            return _array(pc.cast(column, pa.binary())) if oid in (TEXT, VARCHAR, BPCHAR) else None
+            return as_array(pc.cast(column, pa.binary())) if oid in (TEXT, VARCHAR, BPCHAR) else None
         if pa.types.is_timestamp(type_):
             return _microseconds(column) if oid == (TIMESTAMPTZ if type_.tz else TIMESTAMP) else None
         if pa.types.is_date(type_):
             return _days(column) if oid == DATE else None
         if pa.types.is_decimal128(type_) and type_.precision < _INT64_DIGITS:
-            return _numeric(_array(column), type_.precision, type_.scale) if oid == NUMERIC else None
+            return _numeric(as_array(column), type_.precision, type_.scale) if oid == NUMERIC else None
     except (pa.ArrowInvalid, OverflowError):
         return None  # a value that does not fit: the server says which, reading text
     return None
 
 
-def _array(column: pa.ChunkedArray) -> pa.Array:
-    """The column as one array (without a copy when it has one chunk)."""
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-
-
 def _microseconds(column: pa.ChunkedArray) -> pa.Array:
     """Microseconds since PostgreSQL's epoch; a value with nanoseconds raises ArrowInvalid."""
     micros = pc.cast(pc.cast(column, pa.timestamp("us", column.type.tz)), pa.int64())
-    return _array(pc.subtract_checked(micros, _PG_EPOCH_US))
+    return as_array(pc.subtract_checked(micros, _PG_EPOCH_US))
 
 
 def _days(column: pa.ChunkedArray) -> pa.Array:
     days = pc.cast(pc.cast(column, pa.date32()), pa.int32())
-    return _array(pc.subtract_checked(days, pa.scalar(_PG_EPOCH_DAYS, pa.int32())))
+    return as_array(pc.subtract_checked(days, pa.scalar(_PG_EPOCH_DAYS, pa.int32())))
 
 
 def _numeric(array: pa.Array, precision: int, scale: int) -> pa.Array:
@@ -188,7 +185,7 @@ def _encoded(wire: pa.Table) -> pa.Buffer:
     """The rows of ``wire`` in COPY's binary format: the bytes of one Arrow binary array
     whose element ``i`` is row ``i``."""
     count = _fixed(np.full(wire.num_rows, wire.num_columns, ">i2"))
-    rows = pc.binary_join_element_wise(count, *(_fields(_array(c)) for c in wire.columns), b"")
+    rows = pc.binary_join_element_wise(count, *(_fields(as_array(c)) for c in wire.columns), b"")
     offsets = np.frombuffer(rows.buffers()[1], np.int32, count=len(rows) + 1, offset=rows.offset * 4)
     return rows.buffers()[2][offsets[0]:offsets[-1]]
 
