@@ -16,6 +16,7 @@ PLUGINS: dict[str, dict[str, str]] = {
         "database": "etl_actors.sources.database:DatabaseSource",
         "kafka": "etl_actors.sources.kafka:KafkaSource",
         "api": "etl_actors.sources.api:ApiSource",
+        "postgres-cdc": "etl_actors.sources.postgres_cdc:PostgresCdcSource",
     },
     "transform": {
         "map": "etl_actors.transforms.map:MapStep",

@@ -175,6 +175,7 @@ class SpecContext:
     connections: Mapping[str, str] = field(default_factory=dict, repr=False)
     base_dir: str = "."
     destination_url: str | None = field(default=None, repr=False)   # the first sink's, for steps defaulting to it
+    pipeline: str = ""           # the pipeline's name (default names: a postgres-cdc slot)
 
     def connection(self, section: Section, name: str = "connection") -> str:
         """The URL for a ``connection`` key: a name from ``connections:`` or a URL."""
@@ -443,7 +444,7 @@ def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
     root = Section(data, "")
     name = root.get("name", types=str, check=lambda v: None if _NAME.match(v) else
                     f"{v!r} is not a valid pipeline name (letters, digits, '.', '_', '-'; 128 at most)")
-    ctx = SpecContext(connections=_connections(root), base_dir=base_dir)
+    ctx = SpecContext(connections=_connections(root), base_dir=base_dir, pipeline=name)
     collect = _Collected()
     stream = None
     if root.has("stream"):
@@ -476,6 +477,12 @@ def parse(data: Mapping[str, Any], base_dir: str = ".") -> PipelineSpec:
         collect(check_pricing, root.section("pricing"))
     collect(root.done, ("version", "description", "metadata", "pipeline", "batch", "stream", "validation",
                         "alerts"))
+    if not collect.errors and stream is None:
+        for i, sink in enumerate(sinks):
+            if getattr(sink, "mode", None) == "mirror":
+                at = paths["destination"] + (f"[{i}]" if paths["destination"].endswith("destinations") else "")
+                collect.errors.append(SpecError(f"{at}.mode", "mode mirror applies change rows: it is for stream "
+                                                "sinks fed by a postgres-cdc source"))
     if not collect.errors:
         for sink in sinks:
             collect.errors.extend(check_pipeline(source, steps, sink, paths))

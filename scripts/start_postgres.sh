@@ -28,6 +28,18 @@ for _ in $(seq 1 30); do
   sleep 1
 done
 psql_su() { su postgres -c "psql -p $PORT -v ON_ERROR_STOP=1 -qtA $*"; }
+# Change-data-capture (postgres-cdc sources) reads the write-ahead log through logical
+# replication: wal_level must be logical, which takes a restart to change.
+if [ "$(psql_su "-c 'SHOW wal_level'")" != "logical" ]; then
+  psql_su "-c 'ALTER SYSTEM SET wal_level = logical'"
+  psql_su "-c 'ALTER SYSTEM SET max_replication_slots = 32'"
+  psql_su "-c 'ALTER SYSTEM SET max_wal_senders = 32'"
+  pg_ctlcluster "$VERSION" "$CLUSTER" restart </dev/null
+  for _ in $(seq 1 30); do
+    pg_isready -q -p "$PORT" -h localhost && break
+    sleep 1
+  done
+fi
 if [ "$(psql_su "-c \"SELECT 1 FROM pg_roles WHERE rolname='$ROLE'\"")" != "1" ]; then
   psql_su "-c \"CREATE ROLE $ROLE LOGIN SUPERUSER PASSWORD '$PASSWORD'\""
 fi

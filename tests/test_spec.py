@@ -32,7 +32,7 @@ def error_of(data) -> str:
 
 def test_a_bad_destination_mode_names_its_path_and_the_choices():
     assert error_of(spec(pipeline__destination__mode="upsrt")) == \
-        "pipeline.destination.mode: 'upsrt' is not one of insert, upsert, replace"
+        "pipeline.destination.mode: 'upsrt' is not one of insert, upsert, replace, mirror"
 
 
 def test_an_unknown_source_type_lists_the_known_ones():

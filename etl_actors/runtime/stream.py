@@ -185,7 +185,8 @@ class StreamRun:
             return
         table = tables[0]
         if table is not None:
-            batch_id = "stream:" + ",".join(f"{p}<{o}" for p, o in sorted(report["positions"].items()))
+            batch_id = report.get("batchId") or \
+                "stream:" + ",".join(f"{p}<{o}" for p, o in sorted(report["positions"].items()))
             loaded = await self._load(table, batch_id)
             self.pending["loaded"] += loaded
 

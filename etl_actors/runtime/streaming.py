@@ -95,6 +95,8 @@ class StreamExtractor(Stage):
 
     def _partition(self, run_id: str, partition: str, batch, floor_ms, report: dict, outputs: list) -> None:
         report["positions"][partition] = batch.next_offset
+        if getattr(batch, "batch_id", ""):          # a source that names its batches (postgres-cdc)
+            report["batchId"] = batch.batch_id
         report["count"] += batch.count
         report["bytes"] += batch.bytes
         if batch.rejects:

@@ -43,13 +43,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..batch import DeadLetter, LoadResult, jsonable
 from ..db import db_reason, engine_for, is_postgres, redact
 from ..errors import EtlError, SpecError, TerminalError, TransientError
+from ..spec import REQUIRED
 from . import pgcopy
 from .base import Sink, SinkWriter
 from .ledger import Ledger
 from .schema import Column, columns_to_add
 from .sql_table import add_column, batch_columns, ensure_unique, new_table, quoted, reflect, table_columns
 
-MODES = ("insert", "upsert", "replace")
+MODES = ("insert", "upsert", "replace", "mirror")
 ERROR_HANDLING = ("fail", "continue")
 STAGING_SUFFIX = "__etl_staging"
 
@@ -68,28 +69,33 @@ class DatabaseSink(Sink):
     batch_size: int = 10_000
     error_handling: str = "fail"
     create_table: bool = True
+    table_mapping: tuple = ()       # mode mirror: ((source table, destination table), ...)
+    table_keys: tuple = ()          # mode mirror: ((source table, key fields), ...)
 
     def __post_init__(self):
-        if not self.table:
+        if not self.table and self.mode != "mirror":
             raise SpecError("table", "is required")
         if self.mode not in MODES:
             raise SpecError("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
         if self.error_handling not in ERROR_HANDLING:
             raise SpecError("errorHandling", f"{self.error_handling!r} is not one of {', '.join(ERROR_HANDLING)}")
-        if self.mode == "upsert" and not self.key_fields:
-            raise SpecError("keyFields", "is required for mode upsert: the columns that identify a row")
+        if self.mode in ("upsert", "mirror") and not (self.key_fields or self.table_keys):
+            raise SpecError("keyFields", f"is required for mode {self.mode}: the columns that identify a row")
 
     @classmethod
     def from_spec(cls, section, ctx) -> "DatabaseSink":
         url = ctx.connection(section)
         mode = section.get("mode", "insert", types=str, choices=MODES)
-        keys = section.str_list("key_fields", ())
+        keys, table_keys, mapping = mirror_fields(section) if mode == "mirror" else \
+            (section.str_list("key_fields", ()), (), ())
         if mode == "upsert" and not keys:
             raise SpecError(section.at("key_fields"), "is required for mode upsert: the columns that identify a row")
-        sink = cls(url=url, table=section.get("table", types=str), schema=section.get("schema", None, types=str),
+        sink = cls(url=url, table=section.get("table", "" if mode == "mirror" else REQUIRED, types=str),
+                   schema=section.get("schema", None, types=str),
                    mode=mode, key_fields=tuple(keys), batch_size=section.positive_int("batch_size", 10_000),
                    error_handling=section.get("error_handling", "fail", types=str, choices=ERROR_HANDLING),
-                   create_table=section.get("create_table", True, types=bool))
+                   create_table=section.get("create_table", True, types=bool), table_mapping=mapping,
+                   table_keys=table_keys)
         section.get("type", None)
         section.done()
         return sink
@@ -99,11 +105,44 @@ class DatabaseSink(Sink):
         return self.mode == "replace"
 
     def open(self, pipeline: str) -> "DatabaseWriter":
+        if self.mode == "mirror":
+            from .mirror import MirrorWriter
+
+            return MirrorWriter(self, pipeline)
         return DatabaseWriter(self, pipeline)
 
     def describe(self) -> dict:
         return {"type": self.type, "connection": redact(self.url), "table": self.table, "schema": self.schema,
-                "mode": self.mode, "keyFields": list(self.key_fields), "errorHandling": self.error_handling}
+                "mode": self.mode, "keyFields": list(self.key_fields), "errorHandling": self.error_handling,
+                **mirror_describe(self)}
+
+
+def mirror_fields(section) -> tuple[tuple, tuple, tuple]:
+    """Mode mirror's ``keyFields`` (a list, or a mapping per source table) and
+    ``tableMapping``: ``(key fields, ((table, keys), ...), ((source, destination), ...))``."""
+    raw = section.get("key_fields", None, types=(list, dict, str))
+    keys, table_keys = (), ()
+    if isinstance(raw, dict):
+        for table, names in raw.items():
+            if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)):
+                raise SpecError(f"{section.at('key_fields')}.{table}", f"expected a list of column names, got "
+                                f"{names!r}")
+        table_keys = tuple((str(t), tuple(n)) for t, n in raw.items())
+    elif raw is not None:
+        keys = section.str_list("key_fields", ())
+    if not (keys or table_keys):
+        raise SpecError(section.at("key_fields"), "is required for mode mirror: the columns that identify a row")
+    mapping = section.get("table_mapping", None, types=dict)
+    for source, target in (mapping or {}).items():
+        if not (isinstance(target, str) and target):
+            raise SpecError(f"{section.at('table_mapping')}.{source}", f"expected a table name, got {target!r}")
+    return keys, table_keys, tuple((str(s), t) for s, t in (mapping or {}).items())
+
+
+def mirror_describe(sink) -> dict:
+    if sink.mode != "mirror":
+        return {}
+    return {"tableMapping": dict(sink.table_mapping), "tableKeys": {t: list(k) for t, k in sink.table_keys}}
 
 
 class DatabaseWriter(SinkWriter):

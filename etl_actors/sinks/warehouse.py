@@ -57,9 +57,10 @@ from ..batch import DeadLetter, LoadResult, jsonable
 from ..db import redact
 from ..errors import SpecError, TerminalError
 from .base import Sink
-from .database import ERROR_HANDLING, DatabaseWriter, _chunks, _copyable, _last_per_key
+from ..spec import REQUIRED
+from .database import ERROR_HANDLING, DatabaseWriter, _chunks, _copyable, _last_per_key, mirror_describe, mirror_fields
 
-MODES = ("upsert", "insert")
+MODES = ("upsert", "insert", "mirror")
 RUN_ID = "_etl_run_id"
 LOADED_AT = "_etl_loaded_at"
 # The MERGE joins a batch to the whole table: probing the key index once per staged row
@@ -89,11 +90,13 @@ class WarehouseSink(Sink):
     batch_size: int = 10_000
     error_handling: str = "fail"
     create_table: bool = True
+    table_mapping: tuple = ()       # mode mirror, as the database sink's
+    table_keys: tuple = ()
 
     def __post_init__(self):
-        if not self.table:
+        if not self.table and self.mode != "mirror":
             raise SpecError("table", "is required")
-        if not self.key_fields:
+        if not (self.key_fields or self.table_keys):
             raise SpecError("keyFields", "is required: the columns that identify a row")
         for path, names in (("keyFields", self.key_fields), ("cursorField", (self.cursor_field,))):
             if reserved := [n for n in names if n in STAMPS.names]:
@@ -108,11 +111,14 @@ class WarehouseSink(Sink):
     @classmethod
     def from_spec(cls, section, ctx) -> "WarehouseSink":
         url = ctx.connection(section)
-        keys = section.str_list("key_fields")
-        if not keys:
+        mode = section.get("mode", "upsert", types=str, choices=MODES)
+        keys, table_keys, mapping = mirror_fields(section) if mode == "mirror" else \
+            (section.str_list("key_fields"), (), ())
+        if not (keys or table_keys):
             raise SpecError(section.at("key_fields"), "is required: the columns that identify a row")
-        sink = cls(url=url, table=section.get("table", types=str), schema=section.get("schema", None, types=str),
-                   key_fields=keys, mode=section.get("mode", "upsert", types=str, choices=MODES),
+        sink = cls(url=url, table=section.get("table", "" if mode == "mirror" else REQUIRED, types=str),
+                   schema=section.get("schema", None, types=str), table_mapping=mapping, table_keys=table_keys,
+                   key_fields=tuple(keys), mode=mode,
                    cursor_field=section.get("cursor_field", None, types=str),
                    batch_size=section.positive_int("batch_size", 10_000),
                    error_handling=section.get("error_handling", "fail", types=str, choices=ERROR_HANDLING),
@@ -122,12 +128,16 @@ class WarehouseSink(Sink):
         return sink
 
     def open(self, pipeline: str) -> "WarehouseWriter":
+        if self.mode == "mirror":
+            from .mirror import MirrorWriter
+
+            return MirrorWriter(self, pipeline)
         return WarehouseWriter(self, pipeline)
 
     def describe(self) -> dict:
         return {"type": self.type, "connection": redact(self.url), "table": self.table, "schema": self.schema,
                 "mode": self.mode, "keyFields": list(self.key_fields), "cursorField": self.cursor_field,
-                "errorHandling": self.error_handling}
+                "errorHandling": self.error_handling, **mirror_describe(self)}
 
 
 class WarehouseWriter(DatabaseWriter):

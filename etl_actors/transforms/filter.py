@@ -4,7 +4,10 @@
 
 The condition is compiled when the spec is read, so a bad one fails validation with
 its path. Rows whose condition is false or null (SQL semantics) are dropped; they are
-counted as filtered by the runtime, not dead-lettered.
+counted as filtered by the runtime, not dead-lettered. On change rows (a
+``postgres-cdc`` stream: ``_op``, ``_lsn`` and ``_table`` columns) nothing is dropped:
+a row the condition drops becomes a delete (``_op: d``), so a mirror removes the row
+from the destination once it stops passing.
 """
 from __future__ import annotations
 
@@ -41,4 +44,19 @@ class FilterStep(Transform):
         if not pa.types.is_boolean(mask.type):
             raise TerminalError(f"step {self.id!r}: condition {self.condition.text!r} gives {mask.type} "
                                 f"values, expected true/false", step=self.id)
+        if CHANGE_COLUMNS <= set(table.column_names):
+            return StepResult(_as_deletes(table, mask))
         return StepResult(table.filter(mask, null_selection_behavior="drop"))
+
+
+CHANGE_COLUMNS = {"_op", "_lsn", "_table"}
+
+
+def _as_deletes(table: pa.Table, mask) -> pa.Table:
+    """Change rows (a postgres-cdc stream): a row the condition drops becomes a delete
+    of its key, so a mirror removes a row that stops passing; deletes pass as they are."""
+    import pyarrow.compute as pc
+
+    ops = table.column("_op")
+    keep = pc.or_(pc.fill_null(mask, False), pc.equal(ops, "d"))
+    return table.set_column(table.schema.get_field_index("_op"), "_op", pc.if_else(keep, ops, "d"))

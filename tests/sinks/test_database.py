@@ -157,7 +157,7 @@ def test_types_map_to_sql_types(db_url):
 
 def test_spec_errors_name_the_key():
     ctx = SpecContext(connections={"wh": "sqlite:///wh.db"})
-    with pytest.raises(SpecError, match=r"^pipeline.destination.mode: 'upsrt' is not one of insert, upsert, replace$"):
+    with pytest.raises(SpecError, match=r"^pipeline.destination.mode: 'upsrt' is not one of insert, upsert, replace, mirror$"):
         DatabaseSink.from_spec(Section({"type": "database", "connection": "wh", "table": "t", "mode": "upsrt"},
                                        "pipeline.destination"), ctx)
     with pytest.raises(SpecError, match=r"^pipeline.destination.keyFields: is required for mode upsert"):

@@ -278,7 +278,7 @@ def test_spec_keys_and_defaults():
 
 
 @pytest.mark.parametrize("keys, message", [
-    ({"keyFields": ["id"], "mode": "merge"}, "pipeline.destination.mode: 'merge' is not one of upsert, insert"),
+    ({"keyFields": ["id"], "mode": "merge"}, "pipeline.destination.mode: 'merge' is not one of upsert, insert, mirror"),
     ({}, "pipeline.destination.keyFields: is required"),
     ({"keyFields": []}, "pipeline.destination.keyFields: is required: the columns that identify a row"),
     ({"keyFields": ["id"], "keyField": "x"}, "pipeline.destination.keyField: unknown key; did you mean 'keyFields'?"),
