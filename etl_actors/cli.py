@@ -75,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--from-version", type=int, default=1)
             cmd.add_argument("--follow", "-f", action="store_true",
                              help="keep printing new events as they are appended (Ctrl-C ends)")
+    cdc = sub.add_parser("cdc", help="change-data-capture hygiene: drop a pipeline's replication slot")
+    cdc_sub = cdc.add_subparsers(dest="cdc_action", required=True, parser_class=_Parser)
+    cdc_drop = cdc_sub.add_parser("drop", help="drop the pipeline's replication slot and publication (an "
+                                               "abandoned slot makes PostgreSQL keep WAL forever); the next "
+                                               "run snapshots again")
+    cdc_drop.add_argument("pipeline")
+    cdc_drop.add_argument("--spec", help="the spec file (default: the one the last run was made from)")
+    cdc_drop.add_argument("--log", help=log_help)
+    cdc_drop.add_argument("--json", action="store_true")
+
     quality = sub.add_parser("quality", help="the data-quality report of a pipeline's run (the last by default)")
     quality.add_argument("pipeline")
     quality.add_argument("--run", help="this run's report")
@@ -215,7 +225,14 @@ def _print_summary(result: dict) -> None:
 def _cmd_status(args) -> int:
     from .pipeline import pipeline_status, resolve_log_url
 
-    status = pipeline_status(args.pipeline, resolve_log_url(args.log))
+    log_url = resolve_log_url(args.log)
+    spec = _cdc_spec(args.pipeline, log_url)
+    status = pipeline_status(args.pipeline, log_url, spec)
+    cdc = None
+    if spec is not None:
+        from .cdc import cdc_status
+
+        cdc = status["cdc"] = cdc_status(spec.source)
     if args.json:
         _print_json(status)
         return EXIT_OK
@@ -232,7 +249,25 @@ def _cmd_status(args) -> int:
               f"at checkpoint {stream['checkpoint']} ({_iso(stream['at'])})")
         for partition, lag in sorted(stream["lag"].items()):
             print(f"  partition {partition}: at {stream['positions'].get(partition)}, lag {lag}")
+    if cdc is not None:
+        if "lagBytes" in cdc:
+            print(f"  slot {cdc['slot']}: lag {cdc['lagBytes']} bytes, {cdc['lagSeconds']} s "
+                  f"({'in use' if cdc['active'] else 'idle'}; confirmed {cdc['confirmedLsn']}, "
+                  f"server at {cdc['currentLsn']})")
+        else:
+            print(f"  slot {cdc['slot']}: {cdc.get('error') or 'does not exist'}")
     return EXIT_OK
+
+
+def _cdc_spec(pipeline: str, log_url: str):
+    """The spec of a postgres-cdc pipeline's last run (for its slot), else None."""
+    try:
+        from .spec import parse_file
+
+        spec = parse_file(_last_spec_file(pipeline, log_url))
+    except Exception:  # noqa: BLE001 - no spec to read: no slot to show
+        return None
+    return spec if getattr(spec.source, "type", None) == "postgres-cdc" else None
 
 
 def _cmd_events(args) -> int:
@@ -439,6 +474,22 @@ def _cmd_serve(args) -> int:
     return serve_command(args)
 
 
+def _cmd_cdc(args) -> int:
+    from .cdc import drop
+    from .pipeline import resolve_log_url
+
+    log_url = resolve_log_url(args.log)
+    result = drop(args.pipeline, args.spec or _last_spec_file(args.pipeline, log_url), log_url)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    gone = [f"slot {result['slot']}"] if result["slotDropped"] else []
+    gone += [f"publication {result['publication']}"] if result["publicationDropped"] else []
+    print(f"pipeline {args.pipeline}: dropped {' and '.join(gone)}" if gone else
+          f"pipeline {args.pipeline}: no slot {result['slot']} or publication {result['publication']} to drop")
+    return EXIT_OK
+
+
 def _cmd_keys(args) -> int:
     from .service.keys import keys_command
 
@@ -453,7 +504,7 @@ def _cmd_schedule(args) -> int:
 
 _COMMANDS = {"run": _cmd_run, "validate": _cmd_validate, "status": _cmd_status, "events": _cmd_events,
              "dlq": _cmd_dlq, "quality": _cmd_quality, "alerts": _cmd_alerts, "bill": _cmd_bill,
-             "serve": _cmd_serve, "keys": _cmd_keys, "schedule": _cmd_schedule}
+             "serve": _cmd_serve, "keys": _cmd_keys, "schedule": _cmd_schedule, "cdc": _cmd_cdc}
 
 
 def _say(message: str) -> None:

@@ -109,7 +109,8 @@ class StreamExtractor(Stage):
             return
         table = batch.table.append_column(OFFSET, pa.array(batch.offsets, pa.int64()))
         self.chain.partition, self.chain.letters = partition, []
-        table, tr = self._chain(table, partition, run_id)
+        table, tr = self._changes(table, partition, run_id) if _is_changes(table) else \
+            self._chain(table, partition, run_id)
         report["rows"] += tr["rows_in"]
         report["transformed"] += tr["rows_out"]
         report["filtered"] += tr["filtered"]
@@ -147,6 +148,25 @@ class StreamExtractor(Stage):
             report["reasons"] += tr["reasons"]
         tables = [part for part, _ in parts]
         return (_concat(tables) if tables else table.slice(0, 0)), report
+
+    def _changes(self, table: pa.Table, partition: str, run_id: str) -> tuple[pa.Table, dict]:
+        """Change rows (postgres-cdc): deletes carry only their key, so they pass the
+        map steps (which shape every row) but not the filters and validations (a delete
+        is never dropped or rejected for the columns it does not have); the rows come
+        out in their order."""
+        import pyarrow.compute as pc
+
+        deleted = pc.equal(table.column("_op"), "d")
+        if not pc.any(deleted).as_py():
+            return self._chain(table, partition, run_id)
+        out, report = self._chain(table.filter(pc.invert(deleted)), partition, run_id)
+        maps = [step for step in self.chain.before if step.type == "map"]
+        deletes, _ = self.chain._run_steps(maps, table.filter(deleted), partition, run_id)
+        merged = _concat([part for part in (out, deletes) if part.num_rows] or [out])
+        if OFFSET in merged.column_names:       # (a map without keep drops it, and the change columns with it)
+            merged = merged.take(pc.sort_indices(merged.column(OFFSET)))
+        report = {**report, "rows_in": table.num_rows, "rows_out": report["rows_out"] + deletes.num_rows}
+        return merged, report
 
     def _systematic(self, table: pa.Table, failure: StepFailed, partition: str, run_id: str) -> bool:
         letters = list(self.chain.letters)
@@ -202,6 +222,11 @@ class StreamExtractor(Stage):
         if self.reader is not None:
             reader, self.reader = self.reader, None
             reader.close()
+
+
+def _is_changes(table: pa.Table) -> bool:
+    """Change rows of a postgres-cdc source (see :mod:`etl_actors.sinks.mirror`)."""
+    return {"_op", "_lsn", "_table"} <= set(table.column_names)
 
 
 def _warm() -> None:

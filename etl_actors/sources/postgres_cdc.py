@@ -48,6 +48,7 @@ import re
 import select
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Mapping
 
@@ -193,29 +194,32 @@ class PostgresCdcSource(Source):
     # --- hygiene --------------------------------------------------------------------------
 
     def slot_lag(self) -> dict | None:
-        """The slot's lag: WAL bytes it keeps that the sinks do not have yet, and how
-        long ago the oldest of those changes committed (0 when caught up); None when the
-        slot does not exist."""
+        """The slot's lag: the WAL bytes it keeps that the sinks have not confirmed, and
+        how far behind in time that is (while a run reads the slot: the server's flush
+        lag; else: since the oldest change not yet applied committed; 0 when caught up).
+        None when the slot does not exist."""
         with self._connect() as conn:
             row = conn.execute(
                 "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text, "
-                "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, active "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, active_pid "
                 "FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)).fetchone()
             if row is None:
                 return None
-            confirmed, current, lag, active = row
+            confirmed, current, lag, pid = row
             seconds = 0.0
-            if lag:
-                # the commit time of the oldest transaction not yet confirmed, when the slot is not in use
-                try:
-                    found = None if active else conn.execute(
-                        "SELECT lsn FROM pg_logical_slot_peek_binary_changes(%s, NULL, 1, 'proto_version', '1', "
-                        "'publication_names', %s)", (self.slot, self.publication)).fetchone()
-                except Exception:  # noqa: BLE001 - seconds are best effort
-                    found = None
-                del found
-        return {"slot": self.slot, "confirmedLsn": confirmed, "currentLsn": current, "lagBytes": int(lag or 0),
-                "active": bool(active), "lagSeconds": seconds}
+            if pid is not None:
+                found = conn.execute("SELECT extract(epoch FROM flush_lag)::float8 FROM pg_stat_replication "
+                                     "WHERE pid = %s", (pid,)).fetchone()
+                seconds = float(found[0] or 0.0) if found else 0.0
+            elif lag:
+                found = conn.execute(
+                    "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, 1, 'proto_version', '1', "
+                    "'publication_names', %s) LIMIT 1", (self.slot, self.publication)).fetchone()
+                if found and bytes(found[0][:1]) == b"B":
+                    begun = pgoutput.pg_time(int.from_bytes(bytes(found[0][9:17]), "big", signed=True))
+                    seconds = max(0.0, (datetime.now(timezone.utc) - begun).total_seconds())
+        return {"slot": self.slot, "publication": self.publication, "confirmedLsn": confirmed, "currentLsn": current,
+                "lagBytes": int(lag or 0), "lagSeconds": round(seconds, 3), "active": pid is not None}
 
     def drop(self) -> dict:
         """Drop the slot and the publication (an abandoned slot keeps WAL forever);
