@@ -110,9 +110,9 @@ class Relation:
 
 @dataclass
 class Changes:
-    """Change rows of one table, column-wise: the values (text) of each column of the
-    relation, and per row its op, commit LSN, commit time (µs since 1970), xid and
-    the LSN of its own WAL record."""
+    """Change rows of one table: each row's values (text, one per column of the
+    relation, None for NULL), and per row its op, commit LSN, commit time (µs since
+    1970), xid and the LSN of its own WAL record."""
 
     relation: Relation
     ops: list = field(default_factory=list)
@@ -120,23 +120,20 @@ class Changes:
     times: list = field(default_factory=list)
     xids: list = field(default_factory=list)
     offsets: list = field(default_factory=list)
-    values: dict = field(default_factory=dict)     # column -> list of text | None
+    rows: list = field(default_factory=list)
 
-    def add(self, op: str, tuple_values: list, offset: int, txn: "Transaction") -> None:
-        n = len(self.ops)
-        for column, value in zip(self.relation.columns, tuple_values):
-            column_values = self.values.get(column.name)
-            if column_values is None:
-                column_values = self.values[column.name] = [None] * n
-            column_values.append(value)
-        for name, column_values in self.values.items():
-            if len(column_values) == n:          # not in this tuple (a delete's key tuple)
-                column_values.append(None)
+    def add(self, op: str, values: list, offset: int, xid: int) -> None:
+        self.rows.append(values)
         self.ops.append(op)
         self.lsns.append(None)                   # set at commit
         self.times.append(None)
-        self.xids.append(txn.xid)
+        self.xids.append(xid)
         self.offsets.append(offset)
+
+    def value(self, index: int, column: str):
+        """Row ``index``'s text value of ``column``."""
+        at = next(i for i, c in enumerate(self.relation.columns) if c.name == column)
+        return self.rows[index][at]
 
 
 @dataclass
@@ -243,7 +240,7 @@ class Decoder:
         if changes is None:
             changes = self.pending[table] = Changes(relation)
         txn.rows.append((changes, len(changes.ops)))
-        changes.add(op, values, offset, txn)
+        changes.add(op, values, offset, txn.xid)
 
     def _split(self, table: str) -> None:
         """Keep the rows decoded under a relation's earlier shape apart (and first)."""
@@ -277,10 +274,9 @@ class Decoder:
             by_changes.setdefault(id(changes), (changes, set()))[1].add(index)
         for changes, indexes in by_changes.values():
             keep = [i for i in range(len(changes.ops)) if i not in indexes]
-            for name in ("ops", "lsns", "times", "xids", "offsets"):
+            for name in ("ops", "lsns", "times", "xids", "offsets", "rows"):
                 column = getattr(changes, name)
                 setattr(changes, name, [column[i] for i in keep])
-            changes.values = {k: [v[i] for i in keep] for k, v in changes.values.items()}
 
     def take(self) -> dict[str, Changes]:
         """The committed changes decoded since the last take, per table."""
@@ -338,9 +334,9 @@ def to_arrow(changes: Changes) -> pa.Table:
               pa.array(changes.times, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
               pa.array(changes.xids, pa.int64())]
     unchanged = None
-    for column in relation.columns:
-        values = changes.values.get(column.name, [None] * n)
-        if any(v is UNCHANGED for v in values):
+    columns = list(zip(*changes.rows)) if n else [()] * len(relation.columns)
+    for column, values in zip(relation.columns, columns):
+        if UNCHANGED in values:
             unchanged = unchanged or [None] * n
             for i, v in enumerate(values):
                 if v is UNCHANGED:

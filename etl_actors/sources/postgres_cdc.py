@@ -476,8 +476,7 @@ class CdcReader:
         relation = pgoutput.Relation(0, schema, name, "d", columns)
         n = len(rows)
         changes = pgoutput.Changes(relation, ops=["r"] * n, lsns=[at] * n, times=[None] * n, xids=[None] * n,
-                                   offsets=list(range(n)),
-                                   values={c.name: [r[i] for r in rows] for i, c in enumerate(columns)})
+                                   offsets=list(range(n)), rows=rows)
         chunk = json.dumps({"keys": [k[0] for k in key], "after": start, "upto": upto})
         changed = pgoutput.to_arrow(changes)
         changed = changed.append_column(CHUNK, pa.array([chunk] * n, pa.string()))
@@ -565,7 +564,7 @@ class CdcReader:
         at = segments[0][1]
         if len(segments) > 1:
             types = {c.name: c.type_oid for c in relation.columns}
-            key = tuple(key_value(changes.values[n][index], types[n]) for n in relation.keys)
+            key = tuple(key_value(changes.value(index, n), types[n]) for n in relation.keys)
             for after, segment_at in segments:
                 if after is None or key > after:
                     at = segment_at
