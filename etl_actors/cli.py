@@ -251,7 +251,8 @@ def _cmd_status(args) -> int:
             print(f"  partition {partition}: at {stream['positions'].get(partition)}, lag {lag}")
     if cdc is not None:
         if "lagBytes" in cdc:
-            print(f"  slot {cdc['slot']}: lag {cdc['lagBytes']} bytes, {cdc['lagSeconds']} s "
+            seconds = "? s" if cdc["lagSeconds"] is None else f"{cdc['lagSeconds']} s"
+            print(f"  slot {cdc['slot']}: lag {cdc['lagBytes']} bytes, {seconds} "
                   f"({'in use' if cdc['active'] else 'idle'}; confirmed {cdc['confirmedLsn']}, "
                   f"server at {cdc['currentLsn']})")
         else:

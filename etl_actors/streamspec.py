@@ -86,7 +86,7 @@ def _sink(section: Section, ctx: SpecContext, window: Any, source: Any) -> Any:
         section.data["mode"] = "upsert"
         section.data.setdefault("keyFields", ["windowStart", *window.key_by])
     sink = build_plugin("sink", section, ctx)
-    if getattr(sink, "mode", None) == "mirror" and getattr(source, "type", None) != "postgres-cdc":
+    if getattr(sink, "mode", None) == "mirror" and source is not None and getattr(source, "type", None) != "postgres-cdc":
         raise SpecError(section.at("mode"), "mode mirror applies change rows: it needs a postgres-cdc source")
     if kind == "kafka" and getattr(sink, "connection", "") is None and source is not None:
         sink = dataclasses.replace(sink, connection=getattr(source, "connection", None))

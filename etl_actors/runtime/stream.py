@@ -147,6 +147,8 @@ class StreamRun:
                 ahead = self._poll(index) if not self.stopping else None
                 report, tables = polled[0], polled[1:]
                 if not report["count"]:
+                    if report.get("busy"):      # the source is still catching up (a CDC slot's backlog): not idle
+                        self.last_message = time.monotonic()
                     continue
                 await self._enter()
                 try:

@@ -91,6 +91,7 @@ class StreamExtractor(Stage):
             self._partition(run_id, partition, batch, floor_ms, report, outputs)
         if polled:
             report["highwater"] = self.reader.highwater()
+        report["busy"] = bool(getattr(self.reader, "busy", False))
         return (report, *[_concat(parts) for parts in outputs])
 
     def _partition(self, run_id: str, partition: str, batch, floor_ms, report: dict, outputs: list) -> None:

@@ -44,14 +44,14 @@ import sqlalchemy as sa
 
 from ..batch import LoadResult
 from ..db import engine_for, is_postgres
-from ..errors import TerminalError
+from ..errors import EtlError, TerminalError
 from .base import SinkWriter
 from .database import _prepare
 from .ledger import Ledger
 from .sql_table import reflect
 
 REQUIRED = ("_op", "_table", "_lsn")
-CHANGE_COLUMNS = ("_op", "_table", "_lsn", "_commitTs", "_txId", "_unchanged", "_chunk")
+CHANGE_COLUMNS = ("_op", "_table", "_lsn", "_commitTs", "_txId", "_unchanged", "_chunk", "_columns")
 POSITIONS = "etl_mirror_positions"
 
 
@@ -110,8 +110,10 @@ class MirrorWriter(SinkWriter):
                                 "step without keep: true drops them)", batch_id=batch_id)
         if table.num_rows == 0:
             return LoadResult(loaded=0)
-        plans = [self._plan(source, table.filter(pc.equal(table.column("_table"), source)), batch_id)
-                 for source in _in_order(table.column("_table"))]
+        shapes = _shapes(table)
+        plans = [self._plan(source, _own(table.filter(pc.equal(table.column("_table"), source)), source, shapes),
+                            batch_id) for source in _in_order(table.column("_table"))]
+        writer = plans[0][3]
         try:
             with self.engine.begin() as conn:
                 recorded = self.ledger.recorded(conn, batch_id)
@@ -120,13 +122,16 @@ class MirrorWriter(SinkWriter):
                 mark = self._mark(conn)
                 applied, top = 0, mark
                 for plan in plans:
+                    writer = plan[3]
                     n, lsn = self._apply(conn, plan, mark, batch_id)
                     applied, top = applied + n, max(top, lsn)
                 if top > mark:
                     self._set_mark(conn, top)
+                writer = plans[0][3]
                 self.ledger.record(conn, batch_id, applied)
-        except sa.exc.DBAPIError as exc:
-            writer = plans[0][3]
+        except Exception as exc:  # noqa: BLE001 - classified by the writer of the table that refused it
+            if isinstance(exc, EtlError):
+                raise
             raise writer._error(exc, batch_id, writer._classify(exc)) from None
         return LoadResult(loaded=applied, duplicate=applied == 0 and table.num_rows > 0)
 
@@ -159,6 +164,8 @@ class MirrorWriter(SinkWriter):
             return 0, 0
         changes = pc.not_equal(ops, "r")
         top = pc.max(rows.column("_lsn").filter(changes)).as_py() if pc.any(changes).as_py() else 0
+        if "_unchanged" in rows.column_names and rows.column("_unchanged").null_count < rows.num_rows:
+            rows = _fill_unchanged(rows, keys)
         if "_chunk" in rows.column_names:
             self._reconcile(conn, writer, target, keys, rows.filter(pc.equal(ops, "r")))
         last = _last_per_key(rows, keys)
@@ -277,6 +284,56 @@ def _exists(tmp: sa.Table, target: sa.Table, keys: tuple):
 def _data(rows: pa.Table) -> pa.Table:
     """The row's own columns: the change columns left out."""
     return rows.drop_columns([c for c in CHANGE_COLUMNS if c in rows.column_names])
+
+
+def _shapes(table: pa.Table) -> dict[str, list]:
+    """For a batch of several tables (``_columns``): each table's ``[[column, PostgreSQL
+    type oid, typmod], ...]`` (a table whose shape changed within the batch: every
+    column it had)."""
+    if "_columns" not in table.column_names:
+        return {}
+    shapes: dict[str, dict] = {}
+    pairs = pa.table({"t": table.column("_table"), "c": table.column("_columns").cast(pa.string())})
+    for row in pairs.group_by(["t", "c"], use_threads=False).aggregate([]).to_pylist():
+        for name, oid, typmod in json.loads(row["c"]):
+            shapes.setdefault(row["t"], {})[name] = [name, oid, typmod]
+    return {t: list(columns.values()) for t, columns in shapes.items()}
+
+
+def _own(rows: pa.Table, source: str, shapes: dict) -> pa.Table:
+    """One table's rows of a batch of several: without the columns only the other
+    tables have, and with a column the batch had to carry as text (two tables typing
+    it differently) typed as its table has it."""
+    if source not in shapes:
+        return rows
+    from ..sources.pgoutput import arrow_type
+
+    own = {name: (oid, typmod) for name, oid, typmod in shapes[source]}
+    others = {c[0] for t, columns in shapes.items() if t != source for c in columns} - set(own)
+    rows = rows.drop_columns([c for c in rows.column_names if c in others])
+    for name, (oid, typmod) in own.items():
+        if name in rows.column_names and rows.column(name).type != arrow_type(oid, typmod) \
+                and pa.types.is_string(rows.column(name).type):
+            at = rows.schema.get_field_index(name)
+            rows = rows.set_column(at, name, pc.cast(rows.column(name), arrow_type(oid, typmod)))   # Arrow's text
+    return rows
+
+
+def _fill_unchanged(rows: pa.Table, keys: tuple) -> pa.Table:
+    """Updates whose TOASTed values were not sent take them from an earlier full image
+    of their key in the batch (an insert or update the destination does not have yet)."""
+    records = rows.to_pylist()
+    latest: dict[tuple, dict] = {}
+    for record in records:
+        key = tuple(record[k] for k in keys)
+        missing = record.get("_unchanged")
+        earlier = latest.get(key)
+        if missing and earlier is not None:
+            for name in missing:
+                record[name] = earlier.get(name)
+            record["_unchanged"] = [n for n in missing if n in (earlier.get("_unchanged") or ())] or None
+        latest[key] = record if record["_op"] != "d" else None
+    return pa.Table.from_pylist(records, schema=rows.schema)
 
 
 def _in_order(column: pa.ChunkedArray) -> list:

@@ -107,6 +107,10 @@ class Relation:
     def keys(self) -> list[str]:
         return [c.name for c in self.columns if c.key]
 
+    @property
+    def key_index(self) -> list[int]:
+        return [i for i, c in enumerate(self.columns) if c.key]
+
 
 @dataclass
 class Changes:
@@ -121,8 +125,10 @@ class Changes:
     xids: list = field(default_factory=list)
     offsets: list = field(default_factory=list)
     rows: list = field(default_factory=list)
+    latest: dict = field(default_factory=dict)      # key -> the index of its last row
 
     def add(self, op: str, values: list, offset: int, xid: int) -> None:
+        self.latest[tuple(values[i] for i in self.relation.key_index)] = len(self.rows)
         self.rows.append(values)
         self.ops.append(op)
         self.lsns.append(None)                   # set at commit
@@ -160,7 +166,8 @@ class Decoder:
     the table and the column. Complete transactions accumulate in :attr:`pending`
     (``Changes`` per table) until :meth:`take`."""
 
-    def __init__(self):
+    def __init__(self, key_columns=None):
+        self.key_columns = key_columns     # table -> its primary key's columns (None: the message's flags)
         self.relations: dict[int, Relation] = {}
         self.types: dict[tuple[str, str], tuple[int, int]] = {}   # (table, column) -> (oid, typmod) first seen
         self.txn: Transaction | None = None
@@ -201,6 +208,10 @@ class Decoder:
             pos += 8
             columns.append(Column(column, oid, typmod, bool(flags & 1)))
         relation = Relation(rel_id, schema, name, identity, columns)
+        keys = self.key_columns(relation.qualified) if self.key_columns is not None else None
+        if keys:        # the flags mark the replica identity: every column under FULL, an index's under USING INDEX
+            for column in columns:
+                column.key = column.name in keys
         for column in columns:
             known = self.types.setdefault((relation.qualified, column.name), (column.type_oid, column.typmod))
             if arrow_type(*known) != arrow_type(column.type_oid, column.typmod):
@@ -227,9 +238,20 @@ class Decoder:
         new, pos = _tuple(data, pos + 1)
         if old is not None and UNCHANGED in new:      # REPLICA IDENTITY FULL: the old row has the value
             new = [o if n is UNCHANGED else n for n, o in zip(new, old)]
+        if UNCHANGED in new:                          # else the key's last image in this batch may have it
+            new = self._fill(relation, new)
         if old is not None and relation.keys and _key(relation, old) != _key(relation, new):
             self._row(relation, "d", old, offset)      # the key changed: the old row is gone
         self._row(relation, "u", new, offset)
+
+    def _fill(self, relation: Relation, new: list) -> list:
+        changes = self.pending.get(relation.qualified)
+        if changes is None or changes.relation is not relation:
+            return new
+        index = changes.latest.get(tuple(new[i] for i in relation.key_index))
+        if index is None or changes.ops[index] == "d":
+            return new
+        return [p if n is UNCHANGED else n for n, p in zip(new, changes.rows[index])]
 
     def _row(self, relation: Relation, op: str, values: list, offset: int) -> None:
         txn, table = self.txn, relation.qualified
@@ -277,6 +299,8 @@ class Decoder:
             for name in ("ops", "lsns", "times", "xids", "offsets", "rows"):
                 column = getattr(changes, name)
                 setattr(changes, name, [column[i] for i in keep])
+            key_index = changes.relation.key_index
+            changes.latest = {tuple(row[i] for i in key_index): n for n, row in enumerate(changes.rows)}
 
     def take(self) -> dict[str, Changes]:
         """The committed changes decoded since the last take, per table."""

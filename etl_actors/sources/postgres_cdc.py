@@ -42,6 +42,7 @@ mirror sink applies each in one destination transaction.
 from __future__ import annotations
 
 import fnmatch
+import gc
 import json
 import os
 import re
@@ -62,6 +63,7 @@ from .base import Source
 
 SNAPSHOT = ("initial", "never")
 CHUNK = "_chunk"        # on snapshot rows: the chunk's key range, for a mirror to delete what the range lacks
+COLUMNS = "_columns"    # in a batch of several tables: each row's table's columns (the batch has their union)
 PARTITION_PREFIX = "postgres-cdc:"
 CONNECT_TIMEOUT = 10
 _TEXT_KEYS = {25, 1042, 1043, 19}          # text, bpchar, varchar, name: ordered byte-wise (COLLATE "C")
@@ -77,6 +79,18 @@ def slot_name(pipeline: str) -> str:
 
 def libpq_url(url: str) -> str:
     return normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+SESSION = "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c IntervalStyle=postgres"
+
+
+def session_options(url: str) -> str:
+    """The connection's ``options`` with the settings the values are printed under
+    (ISO dates, UTC, floats exact) added: decoding must not depend on the server's
+    defaults. A URL's own ``options`` (a search_path) are kept."""
+    own = normalize_url(url).query.get("options")
+    own = " ".join(own) if isinstance(own, tuple) else (own or "")
+    return f"{own} {SESSION}".strip()
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,8 @@ class PostgresCdcSource(Source):
         if normalize_url(url).get_backend_name() != "postgresql":
             raise SpecError(section.at("connection"), f"expected a PostgreSQL URL, got {redact(url)}")
         tables = section.str_list("tables")
+        if not tables:
+            raise SpecError(section.at("tables"), "expected one or more schema-qualified table names or globs")
         for i, name in enumerate(tables):
             if "." not in name:
                 raise SpecError(f"{section.at('tables')}[{i}]", f"expected a schema-qualified name or glob "
@@ -139,6 +155,14 @@ class PostgresCdcSource(Source):
         """Check the server, create the publication and the slot when missing; the one
         partition. A slot gone while the log holds a position is a TerminalError: the
         changes since are lost, the stream must snapshot again (``--reset``)."""
+        import psycopg
+
+        try:
+            return self._set_up(watermark)
+        except psycopg.Error as exc:
+            raise _error(exc, self, "set up change-data-capture") from None
+
+    def _set_up(self, watermark: Mapping[str, Any]) -> list[str]:
         with self._connect() as conn:
             level = conn.execute("SHOW wal_level").fetchone()[0]
             if level != "logical":
@@ -211,19 +235,33 @@ class PostgresCdcSource(Source):
                 found = conn.execute("SELECT extract(epoch FROM flush_lag)::float8 FROM pg_stat_replication "
                                      "WHERE pid = %s", (pid,)).fetchone()
                 seconds = float(found[0] or 0.0) if found else 0.0
-            elif lag:
-                found = conn.execute(
-                    "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, 1, 'proto_version', '1', "
-                    "'publication_names', %s) LIMIT 1", (self.slot, self.publication)).fetchone()
+            elif lag and conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
+                                      (self.publication,)).fetchone():
+                try:        # decoding a long backlog to its first change may take long: 2 s at most
+                    conn.execute("SET statement_timeout = 2000")
+                    found = conn.execute(
+                        "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, 1, 'proto_version', '1', "
+                        "'publication_names', %s) LIMIT 1", (self.slot, self.publication)).fetchone()
+                except Exception:  # noqa: BLE001 - unknown then (a run reports the cause of a failure)
+                    found, seconds = None, None
                 if found and bytes(found[0][:1]) == b"B":
                     begun = pgoutput.pg_time(int.from_bytes(bytes(found[0][9:17]), "big", signed=True))
                     seconds = max(0.0, (datetime.now(timezone.utc) - begun).total_seconds())
         return {"slot": self.slot, "publication": self.publication, "confirmedLsn": confirmed, "currentLsn": current,
-                "lagBytes": int(lag or 0), "lagSeconds": round(seconds, 3), "active": pid is not None}
+                "lagBytes": int(lag or 0), "lagSeconds": None if seconds is None else round(seconds, 3),
+                "active": pid is not None}
 
     def drop(self) -> dict:
         """Drop the slot and the publication (an abandoned slot keeps WAL forever);
         what was dropped."""
+        import psycopg
+
+        try:
+            return self._drop()
+        except psycopg.Error as exc:
+            raise _error(exc, self, f"drop slot {self.slot!r} and publication {self.publication!r}") from None
+
+    def _drop(self) -> dict:
         dropped = {"slot": False, "publication": False}
         with self._connect() as conn:
             row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
@@ -242,13 +280,15 @@ class PostgresCdcSource(Source):
         return dropped
 
 
-def connect(url: str, autocommit: bool = True):
-    """A psycopg (3) connection (autocommit unless told); connection failures are
-    TransientErrors naming the server (redacted)."""
+def connect(url: str, autocommit: bool = True, session: bool = False):
+    """A psycopg (3) connection (autocommit unless told; with ``session``, the settings
+    values are read under); connection failures are TransientErrors naming the server
+    (redacted)."""
     import psycopg
 
+    extra = {"options": session_options(url)} if session else {}
     try:
-        return psycopg.connect(libpq_url(url), autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT)
+        return psycopg.connect(libpq_url(url), autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT, **extra)
     except psycopg.OperationalError as exc:
         raise TransientError(f"postgres at {redact(url)}: cannot connect: {first_line(exc)}") from None
 
@@ -330,16 +370,15 @@ class _Snapshot:
         self.repl = self.conn = None
         try:
             self.repl = psycopg2.connect(libpq_url(source.url), connection_factory=LogicalReplicationConnection,
-                                         connect_timeout=CONNECT_TIMEOUT)
+                                         connect_timeout=CONNECT_TIMEOUT, options=session_options(source.url))
             cursor = self.repl.cursor()
             name = f"{source.slot[:40]}_snap_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
             cursor.execute(f"CREATE_REPLICATION_SLOT {name} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT")
             _, consistent, exported, _ = cursor.fetchone()
             self.at = pgoutput.lsn_int(consistent)
-            self.conn = connect(source.url, autocommit=False)
+            self.conn = connect(source.url, autocommit=False, session=True)
             self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             self.conn.execute(f"SET TRANSACTION SNAPSHOT '{exported}'")
-            self.conn.execute("SELECT set_config('TimeZone', 'UTC', true)")
         except (psycopg2.Error, psycopg.Error) as exc:
             self.close()
             raise TransientError(f"postgres at {redact(source.url)}: cannot start the snapshot: "
@@ -379,7 +418,9 @@ class CdcReader:
         self.source, self.partition = source, source.partition
         self.session: _Snapshot | None = None
         self.repl = self.cursor = None
-        self.decoder = pgoutput.Decoder()
+        self.catch_up_to = 0
+        gc.set_threshold(50_000, 20, 100)      # a change is a few small objects: the default GC spends 25% on them
+        self.decoder = pgoutput.Decoder(key_columns=lambda table: [k[0] for k in self._key(table)])
         self.flush_lsn: int | None = None
         self.sent_lsn: int | None = None
         self.columns: dict[str, list[pgoutput.Column]] = {}
@@ -526,7 +567,9 @@ class CdcReader:
         commit_lsn, end_lsn, _ = decoder.last_commit
         tables = [pgoutput.to_arrow(c) for c in pending.values()]
         offsets = np.concatenate([np.asarray(c.offsets, np.int64) for c in pending.values()])
-        table = tables[0] if len(tables) == 1 else concat(tables)
+        table = tables[0] if len(tables) == 1 else concat([
+            t.append_column(COLUMNS, pa.array([declared(c.relation)] * t.num_rows, pa.string()).dictionary_encode())
+            for t, c in zip(tables, pending.values())])
         first = int(table.column("_lsn")[0].as_py())
         position = {**self.position, "lsn": end_lsn, "commit": commit_lsn}
         if self.segments and commit_lsn >= max(at for segs in self.segments.values() for _, at in segs):
@@ -543,7 +586,7 @@ class CdcReader:
 
         try:
             self.repl = psycopg2.connect(libpq_url(self.source.url), connection_factory=LogicalReplicationConnection,
-                                         connect_timeout=CONNECT_TIMEOUT)
+                                         connect_timeout=CONNECT_TIMEOUT, options=session_options(self.source.url))
             self.cursor = self.repl.cursor()
             self.cursor.start_replication(slot_name=self.source.slot, decode=False,
                                           start_lsn=int(self.position.get("lsn") or 0), status_interval=10,
@@ -552,6 +595,8 @@ class CdcReader:
         except psycopg2.Error as exc:
             self._close_replication()
             raise _error(exc, self.source, f"start replication from slot {self.source.slot!r}") from None
+        with self.source._connect() as conn:     # where the server was: until the stream is there, it is not idle
+            self.catch_up_to = pgoutput.lsn_int(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
         self.decoder.skip_until = int(self.position.get("commit") or 0)
         self.decoder.keep = self._keep if self.segments else None
 
@@ -590,6 +635,15 @@ class CdcReader:
     def highwater(self) -> dict:
         return {}
 
+    @property
+    def busy(self) -> bool:
+        """Whether the server is still sending the WAL written before the stream began
+        (it reads a backlog of other tables' changes too): a stream run waiting to be
+        idle (``--until-idle``) waits for it."""
+        if self.position.get("snapshot"):
+            return True
+        return self.cursor is not None and (self.cursor.wal_end or 0) < self.catch_up_to
+
     def _close_replication(self) -> None:
         if self.repl is not None:
             try:
@@ -618,6 +672,11 @@ def _key_text(after) -> str:
     return "start" if after is None else ",".join(str(v) for v in after)
 
 
+def declared(relation: pgoutput.Relation) -> str:
+    """A table's columns and their PostgreSQL types, for ``_columns``."""
+    return json.dumps([[c.name, c.type_oid, c.typmod] for c in relation.columns])
+
+
 def concat(tables: list[pa.Table]) -> pa.Table:
     """Change rows of several tables in one batch: their columns unioned (a column two
     tables type differently is carried as text)."""
@@ -641,4 +700,9 @@ def _error(exc: BaseException, source: PostgresCdcSource, doing: str) -> Excepti
     transient = any(w in text.lower() for w in ("connection", "terminat", "server closed", "timeout", "could not "
                                                  "connect", "is active for pid", "in use"))
     kind = TransientError if transient else TerminalError
-    return kind(f"postgres at {redact(source.url)}: cannot {doing}: {text}")
+    hint = ""
+    if "publication" in text and "does not exist" in text:
+        hint = (f" (the slot reads the catalog as it was at each change: publication {source.publication!r} was "
+                "dropped, or made after the slot; `etl-actors cdc drop` the pipeline and run it again to snapshot "
+                "anew)")
+    return kind(f"postgres at {redact(source.url)}: cannot {doing}: {text}{hint}")
