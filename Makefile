@@ -36,6 +36,7 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/stream_window.py
 	ETL_BENCH_PG_URL="$$(bash scripts/start_postgres.sh)" $(BIN)/python benchmarks/warehouse_merge.py
 	ETL_BENCH_PG_URL="$$(bash scripts/start_postgres.sh)" $(BIN)/python benchmarks/postgres_sink.py
+	ETL_BENCH_PG_URL="$$(bash scripts/start_postgres.sh)" $(BIN)/python benchmarks/cdc_mirror.py
 	$(BIN)/python benchmarks/service_load.py
 	$(BIN)/python benchmarks/recovery.py
 
