@@ -466,6 +466,7 @@ class CdcReader:
 
     def _chunk(self) -> dict:
         from psycopg import sql
+        from psycopg.types.string import TextLoader
 
         snapshot = dict(self.position["snapshot"])
         table = snapshot["tables"][0]
@@ -477,10 +478,11 @@ class CdcReader:
         conn, key = self.session.conn, self._key(table)
         columns = self.columns.get(table) or self.columns.setdefault(table, columns_of(conn, table))
         schema, name = table.split(".", 1)
-        order = sql.SQL(", ").join(_key_sql(schema, name, k) for k in key)    # qualified: not the ::text output
+        order = sql.SQL(", ").join(_key_sql(schema, name, k) for k in key)
+        for column in columns:      # every value as its type's output function prints it, as pgoutput sends it
+            conn.adapters.register_loader(column.type_oid, TextLoader)
         query = sql.SQL("SELECT {} FROM {}").format(
-            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in columns),
-            sql.Identifier(schema, name))
+            sql.SQL(", ").join(sql.Identifier(c.name) for c in columns), sql.Identifier(schema, name))
         params: list = []
         if snapshot.get("after") is not None:
             query += sql.SQL(" WHERE ({}) > ({})").format(order, sql.SQL(", ").join(
