@@ -42,12 +42,7 @@ class Ledger:
 
     def create(self, conn) -> None:
         """Create the ledger table unless it exists (another loader may be creating it)."""
-        try:
-            with conn.begin_nested():
-                self.table.create(conn, checkfirst=True)
-        except sa.exc.DBAPIError:
-            if not sa.inspect(conn).has_table(LEDGER, schema=self.schema):
-                raise  # not a race with another loader creating it
+        create_unless_exists(conn, self.table)
 
     def recorded(self, conn, batch_id: str) -> int | None:
         """The rows written for ``batch_id``, None if it was not written."""
@@ -63,3 +58,14 @@ class Ledger:
 
     def _key(self) -> list:
         return [self.table.c.pipeline == self.pipeline, self.table.c.target == self.target]
+
+
+def create_unless_exists(conn, table: sa.Table) -> None:
+    """Create ``table`` unless it exists; another loader creating it at the same moment
+    is not an error."""
+    try:
+        with conn.begin_nested():
+            table.create(conn, checkfirst=True)
+    except sa.exc.DBAPIError:
+        if not sa.inspect(conn).has_table(table.name, schema=table.schema):
+            raise  # not a race with another loader creating it

@@ -47,7 +47,7 @@ from ..db import engine_for, is_postgres
 from ..errors import EtlError, TerminalError
 from .base import SinkWriter
 from .database import _prepare
-from .ledger import Ledger
+from .ledger import Ledger, create_unless_exists
 from .sql_table import reflect
 
 REQUIRED = ("_op", "_table", "_lsn")
@@ -95,12 +95,7 @@ class MirrorWriter(SinkWriter):
         self.writers: dict[tuple, object] = {}
         with self.engine.begin() as conn:
             self.ledger.create(conn)
-            try:
-                with conn.begin_nested():
-                    self.positions.create(conn, checkfirst=True)
-            except sa.exc.DBAPIError:
-                if not sa.inspect(conn).has_table(POSITIONS, schema=sink.schema):
-                    raise
+            create_unless_exists(conn, self.positions)
 
     # --- one batch ----------------------------------------------------------------------
 
