@@ -243,7 +243,10 @@ def _cmd_status(args) -> int:
         print(f"  last run {last['runId']}: {last['status']}, {last['recordsLoaded']} loaded, "
               f"{last['recordsRejected']} rejected, {last['durationMs']} ms")
     stream = status.get("stream")
-    if stream:
+    if stream and stream["watermark"] is None and not stream["openWindows"]:     # no window
+        print(f"  stream at checkpoint {stream['checkpoint']} ({_iso(stream['at'])}), "
+              f"{stream['eventsPerSecond']} events/s")
+    elif stream:
         print(f"  stream watermark {stream['watermark']} (windows emitted up to {stream['emittedUpTo']}), "
               f"{stream['openWindows']} open window(s), {stream['eventsPerSecond']} events/s "
               f"at checkpoint {stream['checkpoint']} ({_iso(stream['at'])})")

@@ -55,6 +55,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..db import normalize_url, redact
 from ..errors import SpecError, TerminalError, TransientError, first_line
@@ -572,7 +573,7 @@ class CdcReader:
         table = tables[0] if len(tables) == 1 else concat([
             t.append_column(COLUMNS, pa.array([declared(c.relation)] * t.num_rows, pa.string()).dictionary_encode())
             for t, c in zip(tables, pending.values())])
-        first = int(table.column("_lsn")[0].as_py())
+        first = pc.min(table.column("_lsn")).as_py()
         position = {**self.position, "lsn": end_lsn, "commit": commit_lsn}
         if self.segments and commit_lsn >= max(at for segs in self.segments.values() for _, at in segs):
             position["segments"] = {}          # the stream is past every snapshot session: no change is left out
