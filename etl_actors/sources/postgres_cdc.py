@@ -59,6 +59,7 @@ import pyarrow.compute as pc
 
 from ..db import normalize_url, redact
 from ..errors import SpecError, TerminalError, TransientError, first_line
+from ..redaction import redact_text
 from . import pgoutput
 from .base import Source
 
@@ -291,7 +292,7 @@ def connect(url: str, autocommit: bool = True, session: bool = False):
     try:
         return psycopg.connect(libpq_url(url), autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT, **extra)
     except psycopg.OperationalError as exc:
-        raise TransientError(f"postgres at {redact(url)}: cannot connect: {first_line(exc)}") from None
+        raise TransientError(f"postgres at {redact(url)}: cannot connect: {redact_text(first_line(exc))}") from None
 
 
 def resolve_tables(conn, patterns) -> list[str]:
@@ -699,7 +700,7 @@ def concat(tables: list[pa.Table]) -> pa.Table:
 
 def _error(exc: BaseException, source: PostgresCdcSource, doing: str) -> Exception:
     """A driver error as ours: connection trouble is transient, the rest terminal."""
-    text = first_line(exc)
+    text = redact_text(first_line(exc))
     transient = any(w in text.lower() for w in ("connection", "terminat", "server closed", "timeout", "could not "
                                                  "connect", "is active for pid", "in use"))
     kind = TransientError if transient else TerminalError
