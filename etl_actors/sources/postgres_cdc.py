@@ -36,8 +36,15 @@ left out (it is in the snapshot). A crash mid-table resumes after the last commi
 chunk's key, in a new session with its own consistent point (a new segment), so no
 change is missed or applied twice across the boundary.
 
+Snapshot rows also carry ``_chunk``, their chunk's key range: a mirror deletes the
+range's keys the chunk lacks, so a row of a chunk loaded but never checkpointed, and
+deleted before the next session read the range again, does not linger. Snapshot and
+stream both read values as the types' output functions print them, under pinned
+session settings (UTC, ISO dates, exact floats), so one typing serves both.
+
 Batches hold whole transactions (a transaction is never split over batches), so a
-mirror sink applies each in one destination transaction.
+mirror sink applies each in one destination transaction. A batch of several tables is
+their columns' union; each row then names its table's columns in ``_columns``.
 """
 from __future__ import annotations
 
