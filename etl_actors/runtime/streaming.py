@@ -157,7 +157,7 @@ class StreamExtractor(Stage):
         out in their order."""
         import pyarrow.compute as pc
 
-        deleted = pc.equal(table.column("_op"), "d")
+        deleted = pc.is_in(table.column("_op"), pa.array(["d", "t"]))      # key-only rows: deletes, truncates
         if not pc.any(deleted).as_py():
             return self._chain(table, partition, run_id)
         out, report = self._chain(table.filter(pc.invert(deleted)), partition, run_id)

@@ -24,7 +24,9 @@ transaction, with the batch's ledger row and the mirror's position:
   that the chunk lacks are deleted, so rows a destination held from before (or from a
   chunk read again after a crash) do not outlive the source's;
 - an update whose TOASTed column was not sent (unchanged; the source table's replica
-  identity is not FULL) leaves that column as it is.
+  identity is not FULL) leaves that column as it is;
+- a TRUNCATE (``_op`` ``t``) empties the destination table, in its place among the
+  table's changes.
 
 The change columns are not written. Tables are created and evolved by the sink's rule
 (a column added in the source is added to the destination; a type change fails the
@@ -141,10 +143,10 @@ class MirrorWriter(SinkWriter):
                                 f"(columns: {[c for c in rows.column_names if c not in CHANGE_COLUMNS]})",
                                 table=source, batch_id=batch_id)
         data = _data(rows)
-        if pc.any(pc.not_equal(rows.column("_op"), "d")).as_py():
+        if not pc.all(pc.is_in(rows.column("_op"), pa.array(["d", "t"]))).as_py():     # rows with values
             target = writer._target(data.schema, batch_id)
         else:
-            target = writer.target or _reflected(writer)
+            target = writer.target if writer.target is not None else _reflected(writer)
         return schema, name, keys, writer, rows, target
 
     def _apply(self, conn, plan: tuple, mark: int, batch_id: str) -> tuple[int, int]:
@@ -157,8 +159,17 @@ class MirrorWriter(SinkWriter):
             ops = rows.column("_op")
         if rows.num_rows == 0 or target is None:
             return 0, 0
+        applied = rows.num_rows
         changes = pc.not_equal(ops, "r")
         top = pc.max(rows.column("_lsn").filter(changes)).as_py() if pc.any(changes).as_py() else 0
+        truncated = pc.equal(ops, "t")
+        if pc.any(truncated).as_py():             # TRUNCATE: the table empties; only the changes after it count
+            last = max(i for i, t in enumerate(truncated.to_pylist()) if t)
+            conn.execute(sa.delete(target))
+            rows = rows.slice(last + 1)
+            if rows.num_rows == 0:
+                return applied, top or 0
+            ops = rows.column("_op")
         if "_unchanged" in rows.column_names and rows.column("_unchanged").null_count < rows.num_rows:
             rows = _fill_unchanged(rows, keys)
         if "_chunk" in rows.column_names:
@@ -177,7 +188,7 @@ class MirrorWriter(SinkWriter):
             upserts = upserts.filter(pc.invert(partial))
         if upserts.num_rows:
             writer._bulk(conn, target, _prepare(_data(upserts), target))
-        return rows.num_rows, top or 0
+        return applied, top or 0
 
     def _reconcile(self, conn, writer, target: sa.Table, keys: tuple, snapshot: pa.Table) -> None:
         """Delete the keys of each snapshot chunk's range that the chunk lacks."""

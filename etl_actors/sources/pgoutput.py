@@ -9,7 +9,8 @@ plugin, documented in the manual's "Logical Replication Message Formats":
     U  update     relation id, [old key 'K' | old row 'O'], new tuple
     D  delete     relation id, old key 'K' | old row 'O'
     C  commit     flags, commit LSN, end LSN, commit time
-    T  truncate, Y type, O origin, M message: read past
+    T  truncate   relation ids: a ``t`` row (columns null) per table
+    Y type, O origin, M message: read past
 
 A :class:`Decoder` turns the messages of whole transactions into rows, one list of
 text values per column (as PostgreSQL prints them), and :func:`to_arrow` types the
@@ -191,7 +192,17 @@ class Decoder:
             self._relation(data)
         elif kind in (b"I", b"U", b"D"):
             self._change(kind, data, offset)
+        elif kind == b"T":
+            self._truncate(data, offset)
         return False
+
+    def _truncate(self, data: bytes, offset: int) -> None:
+        """TRUNCATE: a ``t`` row (every column null) for each table it empties."""
+        (count,) = _I32.unpack_from(data, 1)
+        for i in range(count):
+            (rel_id,) = _I32.unpack_from(data, 6 + 4 * i)
+            relation = self.relations[rel_id]
+            self._row(relation, "t", [None] * len(relation.columns), offset)
 
     def _relation(self, data: bytes) -> None:
         (rel_id,) = _I32.unpack_from(data, 1)
@@ -219,6 +230,10 @@ class Decoder:
                                     f"(from {arrow_type(*known)} to {arrow_type(column.type_oid, column.typmod)}); "
                                     "the stream stops here: mirror the change in the destination, then run with "
                                     "--reset to snapshot again", table=relation.qualified, column=column.name)
+        known = self.relations.get(rel_id)
+        if known is not None and (known.schema, known.name, known.identity, known.columns) == \
+                (schema, name, identity, columns):
+            return          # sent again unchanged (before a truncate, after an invalidation): the same shape
         self.relations[rel_id] = relation
 
     def _change(self, kind: bytes, data: bytes, offset: int) -> None:

@@ -12,7 +12,7 @@
 Changes come through logical replication with the built-in ``pgoutput`` plugin (no
 server extension) over the replication protocol (psycopg2's replication connection),
 decoded by :mod:`etl_actors.sources.pgoutput` into Arrow change rows: ``_op`` (``c``
-insert, ``u`` update, ``d`` delete, ``r`` snapshot read), ``_table``, ``_lsn`` (the
+insert, ``u`` update, ``d`` delete, ``t`` truncate, ``r`` snapshot read), ``_table``, ``_lsn`` (the
 transaction's commit LSN), ``_commitTs``, ``_txId`` and the row's columns (after-image;
 a delete has the key columns, or the whole old row under REPLICA IDENTITY FULL).
 
@@ -617,6 +617,12 @@ class CdcReader:
         segments = self.segments.get(relation.qualified)
         if not segments:
             return True
+        if changes.ops[index] == "t":
+            if len(segments) > 1 and segments[0][1] <= commit_lsn < segments[-1][1]:
+                raise TerminalError(f"table {relation.qualified!r} was truncated while its snapshot was resumed "
+                                    "after a crash: part of it was read before, part after; run with --reset to "
+                                    "snapshot it again", table=relation.qualified)
+            return commit_lsn >= segments[-1][1]
         at = segments[0][1]
         if len(segments) > 1:
             types = {c.name: c.type_oid for c in relation.columns}

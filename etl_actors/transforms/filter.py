@@ -54,9 +54,10 @@ CHANGE_COLUMNS = {"_op", "_lsn", "_table"}
 
 def _as_deletes(table: pa.Table, mask) -> pa.Table:
     """Change rows (a postgres-cdc stream): a row the condition drops becomes a delete
-    of its key, so a mirror removes a row that stops passing; deletes pass as they are."""
+    of its key, so a mirror removes a row that stops passing; deletes and truncates
+    pass as they are."""
     import pyarrow.compute as pc
 
     ops = table.column("_op")
-    keep = pc.or_(pc.fill_null(mask, False), pc.equal(ops, "d"))
+    keep = pc.or_(pc.fill_null(mask, False), pc.is_in(ops, pa.array(["d", "t"])))
     return table.set_column(table.schema.get_field_index("_op"), "_op", pc.if_else(keep, ops, "d"))

@@ -321,6 +321,18 @@ def test_key_fields_per_source_table(dest):
 # --- TOAST, bad batches, filters -------------------------------------------------------------------
 
 
+def test_a_truncate_empties_the_table_in_its_place_among_the_changes(dest):
+    d = dest()
+    d.write(changes(("c", 100, 1, "a", 1), ("c", 100, 2, "b", 2)), "b1")
+    d.write(changes(("u", 200, 1, "a2", 1), ("t", 210, None, None, None), ("c", 220, 3, "c", 3),
+                    ("u", 230, 3, "c2", 4)), "b2")
+    assert d.rows() == [(3, "c2", 4)]
+    d.write(changes(("t", 210, None, None, None), ("c", 220, 3, "c", 3)), "b2-replayed-cut-otherwise")
+    assert d.rows() == [(3, "c2", 4)]                   # at or before the mark: applied already
+    d.write(changes(("t", 300, None, None, None)), "b3")
+    assert d.rows() == []
+
+
 def test_an_unchanged_column_keeps_the_destinations_value(dest):
     d = dest()
     d.write(changes(("c", 100, 1, "big text", 0), ("c", 100, 2, "other", 0)), "b1")

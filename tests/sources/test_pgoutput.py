@@ -311,6 +311,16 @@ def test_decoder_reports_the_last_commit_and_take_empties_it(cap):
     assert decoder.take() == {} and decoder.rows == 0
 
 
+def test_a_truncate_is_a_t_row_for_each_table_it_empties(cap):
+    cap.sql("CREATE TABLE $s.a (id int PRIMARY KEY, v text)", "CREATE TABLE $s.b (id int PRIMARY KEY)",
+            "INSERT INTO $s.a VALUES (1, 'x')", "INSERT INTO $s.b VALUES (1)")
+    cap.start("a", "b")
+    cap.sql("INSERT INTO $s.a VALUES (2, 'y')", "TRUNCATE $s.a, $s.b", "INSERT INTO $s.b VALUES (5)")
+    decoded = cap.decode()
+    assert rows(decoded[cap.table("a")], "_op", "id", "v") == [("c", 2, "y"), ("t", None, None)]
+    assert rows(decoded[cap.table("b")], "_op", "id") == [("t", None), ("c", 5)]
+
+
 def test_skip_until_drops_transactions_at_or_before_it(cap):
     cap.sql("CREATE TABLE $s.t (id int PRIMARY KEY)")
     cap.start("t")
