@@ -14,6 +14,21 @@ import pyarrow.compute as pc
 VALUE_ERRORS = (pa.ArrowInvalid, ValueError)
 
 
+# Change rows (a postgres-cdc stream, see etl_actors.sinks.mirror) are marked by these
+# columns; deletes and truncates carry no values but their key (a truncate: not even that).
+CHANGE_MARK = ("_op", "_table", "_lsn")
+KEY_ONLY_OPS = ("d", "t")
+
+
+def is_change_rows(table: pa.Table) -> bool:
+    return set(CHANGE_MARK) <= set(table.column_names)
+
+
+def key_only(table: pa.Table) -> pa.ChunkedArray:
+    """Per change row: whether it is a delete or a truncate."""
+    return pc.is_in(table.column("_op"), pa.array(KEY_ONLY_OPS))
+
+
 def empty_table(schema: pa.Schema) -> pa.Table:
     """``schema.empty_table()`` without a Python-to-Arrow conversion (which makes
     pyarrow import pandas, 0.2 s of a process's start)."""

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 
 from ..batch import DeadLetter, jsonable
+from ..columns import is_change_rows, key_only
 from ..errors import StepFailed
 from .stages import Stage, Transformer, content_id
 
@@ -110,7 +111,7 @@ class StreamExtractor(Stage):
             return
         table = batch.table.append_column(OFFSET, pa.array(batch.offsets, pa.int64()))
         self.chain.partition, self.chain.letters = partition, []
-        table, tr = self._changes(table, partition, run_id) if _is_changes(table) else \
+        table, tr = self._changes(table, partition, run_id) if is_change_rows(table) else \
             self._chain(table, partition, run_id)
         report["rows"] += tr["rows_in"]
         report["transformed"] += tr["rows_out"]
@@ -157,7 +158,7 @@ class StreamExtractor(Stage):
         out in their order."""
         import pyarrow.compute as pc
 
-        deleted = pc.is_in(table.column("_op"), pa.array(["d", "t"]))      # key-only rows: deletes, truncates
+        deleted = key_only(table)
         if not pc.any(deleted).as_py():
             return self._chain(table, partition, run_id)
         out, report = self._chain(table.filter(pc.invert(deleted)), partition, run_id)
@@ -223,11 +224,6 @@ class StreamExtractor(Stage):
         if self.reader is not None:
             reader, self.reader = self.reader, None
             reader.close()
-
-
-def _is_changes(table: pa.Table) -> bool:
-    """Change rows of a postgres-cdc source (see :mod:`etl_actors.sinks.mirror`)."""
-    return {"_op", "_lsn", "_table"} <= set(table.column_names)
 
 
 def _warm() -> None:

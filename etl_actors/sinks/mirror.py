@@ -38,6 +38,7 @@ import dataclasses
 import json
 import uuid
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +46,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from ..batch import LoadResult
+from ..columns import CHANGE_MARK, key_only
 from ..db import engine_for, is_postgres
 from ..errors import EtlError, TerminalError
 from .base import SinkWriter
@@ -52,7 +54,6 @@ from .database import _prepare
 from .ledger import Ledger, create_unless_exists
 from .sql_table import reflect
 
-REQUIRED = ("_op", "_table", "_lsn")
 CHANGE_COLUMNS = ("_op", "_table", "_lsn", "_commitTs", "_txId", "_unchanged", "_chunk", "_columns")
 POSITIONS = "etl_mirror_positions"
 
@@ -102,7 +103,7 @@ class MirrorWriter(SinkWriter):
     # --- one batch ----------------------------------------------------------------------
 
     def write(self, table: pa.Table, batch_id: str) -> LoadResult:
-        if missing := [c for c in REQUIRED if c not in table.column_names]:
+        if missing := [c for c in CHANGE_MARK if c not in table.column_names]:
             raise TerminalError(f"mode mirror: batch {batch_id!r} lacks the change column(s) {missing} (a map "
                                 "step without keep: true drops them)", batch_id=batch_id)
         if table.num_rows == 0:
@@ -110,7 +111,7 @@ class MirrorWriter(SinkWriter):
         shapes = _shapes(table)
         plans = [self._plan(source, _own(table.filter(pc.equal(table.column("_table"), source)), source, shapes),
                             batch_id) for source in _in_order(table.column("_table"))]
-        writer = plans[0][3]
+        writer = plans[0].writer         # the one an error is reported by: the table being written
         try:
             with self.engine.begin() as conn:
                 recorded = self.ledger.recorded(conn, batch_id)
@@ -119,12 +120,12 @@ class MirrorWriter(SinkWriter):
                 mark = self._mark(conn)
                 applied, top = 0, mark
                 for plan in plans:
-                    writer = plan[3]
-                    n, lsn = self._apply(conn, plan, mark, batch_id)
+                    writer = plan.writer
+                    n, lsn = self._apply(conn, plan, mark)
                     applied, top = applied + n, max(top, lsn)
+                writer = plans[0].writer
                 if top > mark:
                     self._set_mark(conn, top)
-                writer = plans[0][3]
                 self.ledger.record(conn, batch_id, applied)
         except Exception as exc:  # noqa: BLE001 - classified by the writer of the table that refused it
             if isinstance(exc, EtlError):
@@ -132,7 +133,7 @@ class MirrorWriter(SinkWriter):
             raise writer._error(exc, batch_id, writer._classify(exc)) from None
         return LoadResult(loaded=applied, duplicate=applied == 0 and table.num_rows > 0)
 
-    def _plan(self, source: str, rows: pa.Table, batch_id: str) -> tuple:
+    def _plan(self, source: str, rows: pa.Table, batch_id: str) -> "_Plan":
         """What one source table's rows need before the transaction: the destination
         table created or evolved for their columns."""
         schema, name = destination(self.sink, source)
@@ -143,16 +144,16 @@ class MirrorWriter(SinkWriter):
                                 f"(columns: {[c for c in rows.column_names if c not in CHANGE_COLUMNS]})",
                                 table=source, batch_id=batch_id)
         data = _data(rows)
-        if not pc.all(pc.is_in(rows.column("_op"), pa.array(["d", "t"]))).as_py():     # rows with values
+        if not pc.all(key_only(rows)).as_py():     # rows with values
             target = writer._target(data.schema, batch_id)
         else:
             target = writer.target if writer.target is not None else _reflected(writer)
-        return schema, name, keys, writer, rows, target
+        return _Plan(keys, writer, rows, target)
 
-    def _apply(self, conn, plan: tuple, mark: int, batch_id: str) -> tuple[int, int]:
+    def _apply(self, conn, plan: "_Plan", mark: int) -> tuple[int, int]:
         """One source table's rows, inside the batch's transaction; ``(rows applied,
         greatest commit LSN among them)``."""
-        _, _, keys, writer, rows, target = plan
+        keys, writer, rows, target = plan
         ops = rows.column("_op")
         if mark:
             rows = rows.filter(pc.or_(pc.equal(ops, "r"), pc.greater(rows.column("_lsn"), mark)))
@@ -254,6 +255,15 @@ class MirrorWriter(SinkWriter):
     def close(self) -> None:
         for writer in self.writers.values():
             writer.close()
+
+
+class _Plan(NamedTuple):
+    """One source table's rows of a batch, and where they go."""
+
+    keys: tuple
+    writer: object          # the sink's own writer (mode upsert) of the destination table
+    rows: pa.Table
+    target: sa.Table | None
 
 
 class _KeyTable:

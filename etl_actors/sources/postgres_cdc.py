@@ -302,6 +302,16 @@ def connect(url: str, autocommit: bool = True, session: bool = False):
         raise TransientError(f"postgres at {redact(url)}: cannot connect: {redact_text(first_line(exc))}") from None
 
 
+def replication_connection(url: str):
+    """A psycopg2 logical replication connection, under the session settings values
+    are printed in (:func:`session_options`)."""
+    import psycopg2
+    from psycopg2.extras import LogicalReplicationConnection
+
+    return psycopg2.connect(libpq_url(url), connection_factory=LogicalReplicationConnection,
+                            connect_timeout=CONNECT_TIMEOUT, options=session_options(url))
+
+
 def resolve_tables(conn, patterns) -> list[str]:
     """``schema.table`` names matching ``patterns`` (in the patterns' order), each with a
     primary key; a pattern matching nothing or a table without one is a TerminalError."""
@@ -374,12 +384,10 @@ class _Snapshot:
     def __init__(self, source: PostgresCdcSource):
         import psycopg
         import psycopg2
-        from psycopg2.extras import LogicalReplicationConnection
 
         self.repl = self.conn = None
         try:
-            self.repl = psycopg2.connect(libpq_url(source.url), connection_factory=LogicalReplicationConnection,
-                                         connect_timeout=CONNECT_TIMEOUT, options=session_options(source.url))
+            self.repl = replication_connection(source.url)
             cursor = self.repl.cursor()
             name = f"{source.slot[:40]}_snap_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
             cursor.execute(f"CREATE_REPLICATION_SLOT {name} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT")
@@ -467,13 +475,10 @@ class CdcReader:
         """``{partition: batch}``: the next snapshot chunk, or the whole transactions
         that arrive within the poll timeout (``batchSize`` rows are waited for no
         longer); ``{}`` when there is nothing."""
-        got = self._chunk() if self.position.get("snapshot") else self._stream()
-        if not got["count"]:
-            return {}
-        return {self.partition: Polled(got["table"], got["offsets"], got["position"], got["count"], got["bytes"],
-                                       [], got["batch_id"])}
+        batch = self._chunk() if self.position.get("snapshot") else self._stream()
+        return {} if batch is None else {self.partition: batch}
 
-    def _chunk(self) -> dict:
+    def _chunk(self) -> Polled | None:
         from psycopg import sql
         from psycopg.types.string import TextLoader
 
@@ -523,8 +528,7 @@ class CdcReader:
             self._close_session()
         self.position = position
         if not rows:
-            return {"table": None, "offsets": np.empty(0, np.int64), "position": position, "count": 0, "bytes": 0,
-                    "batch_id": ""}
+            return None
         relation = pgoutput.Relation(0, schema, name, "d", columns)
         n = len(rows)
         changes = pgoutput.Changes(relation, ops=["r"] * n, lsns=[at] * n, times=[None] * n, xids=[None] * n,
@@ -532,9 +536,8 @@ class CdcReader:
         chunk = json.dumps({"keys": [k[0] for k in key], "after": start, "upto": upto})
         changed = pgoutput.to_arrow(changes)
         changed = changed.append_column(CHUNK, pa.array([chunk] * n, pa.string()))
-        return {"table": changed, "offsets": np.arange(n, dtype=np.int64), "position": position, "count": n,
-                "bytes": sum(len(v or "") for r in rows for v in r),
-                "batch_id": f"snapshot:{table}:{pgoutput.lsn_text(at)}:{_key_text(start)}"}
+        return Polled(changed, np.arange(n, dtype=np.int64), position, n, sum(len(v or "") for r in rows for v in r),
+                      [], f"snapshot:{table}:{pgoutput.lsn_text(at)}:{_key_text(start)}")
 
     def _segment(self, table: str, after, at: int) -> None:
         """Keys of ``table`` after ``after`` are (now) read at consistent point ``at``."""
@@ -546,7 +549,7 @@ class CdcReader:
             self.session.close()
             self.session = None
 
-    def _stream(self) -> dict:
+    def _stream(self) -> Polled | None:
         if self.cursor is None:
             self._start_replication()
         decoder, cursor = self.decoder, self.cursor
@@ -573,8 +576,7 @@ class CdcReader:
             raise _error(exc, self.source, "read the replication stream") from None
         pending = decoder.take()
         if decoder.last_commit is None or not pending:
-            return {"table": None, "offsets": np.empty(0, np.int64), "position": self.position, "count": 0,
-                    "bytes": size, "batch_id": ""}
+            return None
         commit_lsn, end_lsn, _ = decoder.last_commit
         tables = [pgoutput.to_arrow(c) for c in pending.values()]
         offsets = np.concatenate([np.asarray(c.offsets, np.int64) for c in pending.values()])
@@ -588,16 +590,14 @@ class CdcReader:
             self.segments, self.raw_segments = {}, {}
             decoder.keep = None
         self.position = position
-        return {"table": table, "offsets": offsets, "position": position, "count": table.num_rows, "bytes": size,
-                "batch_id": f"changes:{pgoutput.lsn_text(first)}-{pgoutput.lsn_text(commit_lsn)}"}
+        return Polled(table, offsets, position, table.num_rows, size, [],
+                      f"changes:{pgoutput.lsn_text(first)}-{pgoutput.lsn_text(commit_lsn)}")
 
     def _start_replication(self) -> None:
         import psycopg2
-        from psycopg2.extras import LogicalReplicationConnection
 
         try:
-            self.repl = psycopg2.connect(libpq_url(self.source.url), connection_factory=LogicalReplicationConnection,
-                                         connect_timeout=CONNECT_TIMEOUT, options=session_options(self.source.url))
+            self.repl = replication_connection(self.source.url)
             self.cursor = self.repl.cursor()
             self.cursor.start_replication(slot_name=self.source.slot, decode=False,
                                           start_lsn=int(self.position.get("lsn") or 0), status_interval=10,

@@ -17,6 +17,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from ..batch import StepResult
+from ..columns import is_change_rows, key_only
 from ..errors import TerminalError
 from ..expressions import Expression, compile_expression
 from .base import Transform, common_step_fields
@@ -44,12 +45,9 @@ class FilterStep(Transform):
         if not pa.types.is_boolean(mask.type):
             raise TerminalError(f"step {self.id!r}: condition {self.condition.text!r} gives {mask.type} "
                                 f"values, expected true/false", step=self.id)
-        if CHANGE_COLUMNS <= set(table.column_names):
+        if is_change_rows(table):
             return StepResult(_as_deletes(table, mask))
         return StepResult(table.filter(mask, null_selection_behavior="drop"))
-
-
-CHANGE_COLUMNS = {"_op", "_lsn", "_table"}
 
 
 def _as_deletes(table: pa.Table, mask) -> pa.Table:
@@ -59,5 +57,5 @@ def _as_deletes(table: pa.Table, mask) -> pa.Table:
     import pyarrow.compute as pc
 
     ops = table.column("_op")
-    keep = pc.or_(pc.fill_null(mask, False), pc.is_in(ops, pa.array(["d", "t"])))
+    keep = pc.or_(pc.fill_null(mask, False), key_only(table))
     return table.set_column(table.schema.get_field_index("_op"), "_op", pc.if_else(keep, ops, "d"))
