@@ -573,7 +573,8 @@ class CdcReader:
         except Exception as exc:  # noqa: BLE001 - classified
             if isinstance(exc, (TerminalError, TransientError)):
                 raise
-            raise _error(exc, self.source, "read the replication stream") from None
+            lost = self.repl is None or bool(self.repl.closed) or "no copy in progress" in str(exc).lower()
+            raise _error(exc, self.source, "read the replication stream", lost=lost) from None
         pending = decoder.take()
         if decoder.last_commit is None or not pending:
             return None
@@ -711,11 +712,16 @@ def concat(tables: list[pa.Table]) -> pa.Table:
         return pa.concat_tables(tables, promote_options="permissive")
 
 
-def _error(exc: BaseException, source: PostgresCdcSource, doing: str) -> Exception:
-    """A driver error as ours: connection trouble is transient, the rest terminal."""
+def _error(exc: BaseException, source: PostgresCdcSource, doing: str, lost: bool = False) -> Exception:
+    """A driver error as ours: connection trouble (or ``lost``: the connection is
+    gone, whatever the driver then said) is transient, the rest terminal."""
+    import psycopg
+    import psycopg2
+
     text = redact_text(first_line(exc))
-    transient = any(w in text.lower() for w in ("connection", "terminat", "server closed", "timeout", "could not "
-                                                 "connect", "is active for pid", "in use"))
+    transient = lost or isinstance(exc, (psycopg.OperationalError, psycopg2.OperationalError)) or any(
+        w in text.lower() for w in ("connection", "terminat", "server closed", "timeout", "could not connect",
+                                    "is active for pid", "in use", "shutting down"))
     kind = TransientError if transient else TerminalError
     hint = ""
     if "publication" in text and "does not exist" in text:
