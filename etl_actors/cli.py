@@ -559,7 +559,7 @@ def entry() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     _shutdown_ray()
-    raise SystemExit(code)
+    _exit(code)
 
 
 def _shutdown_ray() -> None:
@@ -570,7 +570,28 @@ def _shutdown_ray() -> None:
     if ray is None or not ray.is_initialized():
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ray.shutdown()
+    from .pipeline import stop_ray
+
+    stop_ray()
+
+
+def _exit(code: int) -> None:
+    """End the process with ``code`` once its output is flushed and its atexit
+    handlers have run, without the interpreter's module-by-module teardown (0.2 to 0.4 s
+    once Ray, pyarrow and SQLAlchemy are loaded, and nothing of the command's left to
+    do: its results are in the log and on stdout)."""
+    import atexit
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):   # the reader left, or the stream is closed
+            pass
+    for thread in threading.enumerate():     # as the interpreter would: its threads end first
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 if __name__ == "__main__":

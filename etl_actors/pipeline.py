@@ -58,6 +58,24 @@ def ensure_ray(**init_kwargs) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def stop_ray() -> None:
+    """``ray.shutdown()``, in a tenth of a second rather than 1.1 to 1.4 for a local Ray
+    this process started. Ray ends that cluster's processes one after the other, each
+    given a second to leave after SIGTERM; the autoscaler's monitor, once the GCS is
+    gone, never leaves by itself and is SIGKILLed after its second. It holds no state
+    (a local cluster does not scale), so it is killed first and the others, which leave
+    at once, follow as Ray ends them."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    for info in (getattr(node, "all_processes", None) or {}).get("monitor", []):
+        try:
+            info.process.kill()
+        except OSError:    # already gone
+            pass
+    ray.shutdown()
+
+
 def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     """Fail fast, in one line, when ``address`` (``host:port`` or ``ray://host:port``)
     does not answer: ``ray.init`` would retry for minutes before saying so."""
