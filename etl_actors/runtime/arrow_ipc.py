@@ -15,10 +15,18 @@ import pyarrow as pa
 
 
 def table_to_ipc(table: pa.Table) -> pa.Buffer:
-    sink = pa.BufferOutputStream()
+    """``table`` as one IPC stream, written into a buffer of its exact size (measured
+    first without copying: a growing buffer would copy it again as it grows)."""
+    size = pa.MockOutputStream()
+    _write(size, table)
+    buffer = pa.allocate_buffer(size.size())
+    _write(pa.FixedSizeBufferWriter(buffer), table)
+    return buffer
+
+
+def _write(sink, table: pa.Table) -> None:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue()
 
 
 def table_from_ipc(buffer) -> pa.Table:
