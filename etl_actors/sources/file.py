@@ -274,15 +274,27 @@ def _transient(exc: OSError, remote: bool) -> bool:
 
 
 class _Meter:
-    """A filesystem's reading side for one file's readers, counting ``read``: the bytes
-    of the file (before decompression) the stream opened last has read."""
+    """A filesystem's reading side for one file's readers, counting :attr:`read`: the
+    bytes of the file (before decompression) the stream opened last has read. A local
+    file is read as a seekable file and counted by its position; passing every read
+    through Python to count it copied the whole file once more (0.5 s of 6M CSV rows)."""
 
     def __init__(self, fs: pafs.FileSystem):
-        self.fs, self.read = fs, 0
+        self.fs, self._file, self._read = fs, None, 0
+
+    @property
+    def read(self) -> int:
+        if self._file is not None and not self._file.closed:
+            self._read = self._file.tell()
+        return self._read
 
     def open_input_stream(self, path: str, compression: str | None = "detect"):
-        self.read = 0
-        stream = pa.TransformInputStream(self.fs.open_input_stream(path, compression=None), self._count)
+        self._read = 0
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            stream = self._file = self.fs.open_input_file(path)
+        else:
+            self._file = None
+            stream = pa.TransformInputStream(self.fs.open_input_stream(path, compression=None), self._count)
         codec = _codec(path) if compression == "detect" else compression
         return pa.CompressedInputStream(stream, codec) if codec else stream
 
@@ -290,7 +302,7 @@ class _Meter:
         return self.fs.open_input_file(path)
 
     def _count(self, buffer):
-        self.read += len(buffer)
+        self._read += len(buffer)
         return buffer
 
 
