@@ -75,6 +75,38 @@ def test_run_json_status_events_and_dlq(tmp_path, orders_spec):
     assert "abc" in letters[0]["reason"] and letters[0]["runId"] == summary["runId"]
 
 
+def test_a_run_on_a_ray_of_its_own_stops_every_process_of_it_and_prints_its_whole_summary(orders_spec):
+    """The command starts a local Ray and ends it quickly (the autoscaler's monitor is
+    killed, the process leaves without the interpreter's teardown): none of that Ray's
+    processes outlive the command, and what it printed is all there."""
+    import os
+    import shutil
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")     # short: Ray's socket paths live in it
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["RAY_TMPDIR"] = ray_tmp
+        log = f"sqlite:///{orders_spec.parent}/events.db"
+        out = cli("run", str(orders_spec), "--json", "--log", log, env=env)
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout.strip().splitlines()[-1])
+        assert (summary["status"], summary["recordsLoaded"]) == ("success", 2)
+        assert os.listdir(ray_tmp), "the run did not start a Ray of its own"
+        left = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if ray_tmp in command:
+                left.append(command[:120])
+        assert left == []
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def test_a_failed_run_exits_1_with_the_error_in_the_summary(tmp_path, orders_spec):
     spec = yaml.safe_load(orders_spec.read_text())
     spec["pipeline"]["transformations"][1]["condition"] = "int(status) == 1"   # 'paid' is no number

@@ -9,9 +9,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from etl_actors.sources import csv_reader
 from etl_actors.sources.file import FileSource
 
-# A row: a good one, one with a field too many, one whose amount is not a number, or a
-# blank line (pyarrow skips those: they are not rows).
-KINDS = st.sampled_from(["good"] * 6 + ["extra", "text", "blank"])
+# A row: a good one, one with a field too many, one whose amount is not a number, one
+# whose name holds a byte that is not UTF-8, or a blank line (pyarrow skips those: they
+# are not rows).
+KINDS = st.sampled_from(["good"] * 6 + ["extra", "text", "badbyte", "blank"])
 
 
 def render(kinds: list[str]) -> tuple[bytes, list[tuple], list[tuple]]:
@@ -29,6 +30,9 @@ def render(kinds: list[str]) -> tuple[bytes, list[tuple], list[tuple]]:
         elif kind == "extra":
             lines.append(b"%d,name %d,%d,surplus" % (i, i, i))
             rejects.append((line, "row has 4 fields, expected 3"))
+        elif kind == "badbyte":
+            lines.append(b"%d,name \xff%d,%d" % (i, i, i))
+            rejects.append((line, "name: not valid UTF-8 text (byte 0xff)"))
         else:
             lines.append(b"%d,name %d,lots" % (i, i))
             rejects.append((line, "amount: cannot convert 'lots' to int64"))
@@ -71,3 +75,22 @@ def test_a_line_longer_than_a_chunk_is_one_row(tmp_path, monkeypatch):
     (tmp_path / "a.csv").write_text(f"id,note\n1,short\n2,{long}\n3,end")      # no newline at the end
     batches = read(FileSource(path=str(tmp_path / "a.csv")))
     assert [r["note"] for b in batches for r in b.table.to_pylist()] == ["short", long, "end"]
+
+
+def test_types_come_from_the_whole_first_block_and_a_row_longer_than_it_grows_it(tmp_path):
+    """Types are inferred from the rows of the file's first block (about ``batchSize``
+    rows), not from its first megabyte: an amount with a fraction 60,000 rows down makes
+    the column a float; a block too small for the header and a row is grown."""
+    rows = [b"id,amount,note"] + [b"%d,%d,some words of note" % (i, i) for i in range(60_000)] + \
+        [b"60000,0.5,a fraction"] + [b"%d,%d,more" % (i, i) for i in range(60_001, 60_100)]
+    (tmp_path / "a.csv").write_bytes(b"\n".join(rows) + b"\n")
+    assert len(b"\n".join(rows[:60_001])) > 1 << 20
+    source = FileSource(path=str(tmp_path / "a.csv"), batch_size=100_000)
+    batches = read(source)
+    assert batches[0].table.schema.field("amount").type == pa.float64()
+    assert sum(b.table.num_rows for b in batches) == 60_100 and not any(b.rejects for b in batches)
+
+    reader = csv_reader.CsvReader(source, source._root().fs, str(tmp_path / "a.csv"), "a.csv")
+    reader.block = 4                                     # not even the header fits
+    assert reader.schema() == pa.schema([("id", pa.int64()), ("amount", pa.int64()), ("note", pa.string())])
+    assert reader.block > 4
