@@ -93,6 +93,8 @@ def is_in(value: Value, choices: pa.Array, what: str) -> Value:
                            type=value.type)
     _check_comparable(value.type, choices.type, what)
     found = pc.is_in(value, value_set=choices)
+    if not isinstance(value, pa.Scalar) and not value.null_count:
+        return found              # no null, whose answer is unknown rather than false: no second pass
     return pc.if_else(pc.is_valid(value), found, pa.nulls(1, pa.bool_())[0])
 
 

@@ -341,7 +341,8 @@ def _assemble(table: pa.Table, columns: list[tuple[str, pa.Array]], keep: bool) 
     built = {name: _build(sub, table.column(name) if keep and name in table.column_names else None)
              for name, sub in tree.items()}
     names = [*table.column_names, *[n for n in built if n not in table.column_names]] if keep else list(built)
-    arrays = [built[n] if n in built else _array(table.column(n)) for n in names]
+    # kept columns go as they are: joining their chunks would copy the whole batch
+    arrays = [built[n] if n in built else table.column(n) for n in names]
     return pa.Table.from_arrays(arrays, names=names)
 
 

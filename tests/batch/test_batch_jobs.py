@@ -106,7 +106,9 @@ def test_a_store_answering_503_is_retried_on_read_and_on_write(tmp_path, s3, buc
         name = f"batch-503-{uniq}"
         result = Pipeline.from_dict(job(name, raw, out, connections={"store": store})).run(log=log, runtime="local")
     assert result["status"] == "success", result.get("error")
-    assert [method for method, _ in proxy.failed] == ["GET", "GET", "PUT"]
+    # two reads of one file and the write of another: files are read side by side, so
+    # the write may fail between the two reads (it did, on a loaded machine)
+    assert sorted(method for method, _ in proxy.failed) == ["GET", "GET", "PUT"]
     retries = [e for e in events_of(log, name) if isinstance(e, ev.RetryScheduled)]
     assert [(e.stage.split("#")[0], e.attempt) for e in retries if e.stage.startswith("extractor")] == \
         [("extractor", 1), ("extractor", 2)]
