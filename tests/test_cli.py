@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -93,18 +94,28 @@ def test_a_run_on_a_ray_of_its_own_stops_every_process_of_it_and_prints_its_whol
         summary = json.loads(out.stdout.strip().splitlines()[-1])
         assert (summary["status"], summary["recordsLoaded"]) == ("success", 2)
         assert os.listdir(ray_tmp), "the run did not start a Ray of its own"
-        left = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    command = f.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if ray_tmp in command:
-                left.append(command[:120])
+        deadline = time.monotonic() + 10       # a worker of the raylet leaves once it sees it gone
+        while (left := _processes_naming(ray_tmp)) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert left == []
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _processes_naming(text: str) -> list[str]:
+    """The command lines of live processes that name ``text`` (zombies have none)."""
+    import os
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in command:
+            found.append(command[:120])
+    return found
 
 
 def test_a_failed_run_exits_1_with_the_error_in_the_summary(tmp_path, orders_spec):
