@@ -1,7 +1,10 @@
 """The command line as users and their scripts meet it: exit codes, JSON shapes."""
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -80,10 +83,6 @@ def test_a_run_on_a_ray_of_its_own_stops_every_process_of_it_and_prints_its_whol
     """The command starts a local Ray and ends it quickly (the autoscaler's monitor is
     killed, the process leaves without the interpreter's teardown): none of that Ray's
     processes outlive the command, and what it printed is all there."""
-    import os
-    import shutil
-    import tempfile
-
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")     # short: Ray's socket paths live in it
     try:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -104,8 +103,6 @@ def test_a_run_on_a_ray_of_its_own_stops_every_process_of_it_and_prints_its_whol
 
 def _processes_naming(text: str) -> list[str]:
     """The command lines of live processes that name ``text`` (zombies have none)."""
-    import os
-
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:

@@ -165,7 +165,7 @@ class MirrorWriter(SinkWriter):
         top = pc.max(rows.column("_lsn").filter(changes)).as_py() if pc.any(changes).as_py() else 0
         truncated = pc.equal(ops, "t")
         if pc.any(truncated).as_py():             # TRUNCATE: the table empties; only the changes after it count
-            last = max(i for i, t in enumerate(truncated.to_pylist()) if t)
+            last = int(np.flatnonzero(truncated.to_numpy())[-1])
             conn.execute(sa.delete(target))
             rows = rows.slice(last + 1)
             if rows.num_rows == 0:

@@ -170,17 +170,16 @@ class CsvReader:
     def _first_block(self) -> pa.Buffer:
         """The file's first block (``self.block`` bytes, decoded) up to its last line
         break, whose rows the types are inferred from; the whole file when it is
-        shorter. Raises the error :func:`grown_block` grows the block for when no row
-        ends in it."""
+        shorter. The head already read holds it when the block is no larger. Raises the
+        error :func:`grown_block` grows the block for when no row ends in it."""
         if self._header_only():
             return pa.py_buffer(self._header_line())
-        parts, size = [], 0
-        with self._stream() as stream:
-            while size < self.block and (part := stream.read_buffer(self.block - size)).size:
-                parts.append(part)
-                size += part.size
-        block = pa.py_buffer(b"".join(p.to_pybytes() for p in parts)) if len(parts) != 1 else parts[0]
-        if size < self.block:
+        if self.whole or self.block <= len(self.head):
+            block = pa.py_buffer(self.head[:self.block])
+        else:
+            with self._stream() as stream:
+                block = stream.read_buffer(self.block)
+        if block.size < self.block:
             return block
         end = _find(block, b"\n", last=True)
         if end <= _find(block, b"\n", last=False):       # not even the header and one row
