@@ -22,7 +22,7 @@ import functools
 import os
 import struct
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import pyarrow as pa
@@ -37,6 +37,10 @@ from .text import bad_byte, head_problem, label, readable, text_stream
 HEAD_BYTES = 1 << 20
 CHUNK_BYTES = 4 << 20                                   # bytes of whole lines parsed at a time
 PARSE_THREADS = max(1, min(4, os.cpu_count() or 1))      # chunks parsed side by side
+# bytes of chunks handed to the parse threads and not yet taken: every thread busy, and
+# two chunks more ready, so none waits while the oldest chunk is being handed on (a
+# count of chunks would not do: a block's line shared with the next is a chunk too)
+IN_FLIGHT_BYTES = (PARSE_THREADS + 2) * CHUNK_BYTES
 COLUMN_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
                 "timestamp": pa.timestamp("us"), "date": pa.date32()}
 _BOM = b"\xef\xbb\xbf"
@@ -81,7 +85,7 @@ class CsvReader:
 
         The file is cut into chunks of whole lines (:data:`CHUNK_BYTES` or more), parsed
         side by side on :data:`PARSE_THREADS` threads (pyarrow parses without the GIL),
-        and handed on in file order; a chunk's first row is the count of rows, good and
+        :data:`IN_FLIGHT_BYTES` of them at a time, and handed on in file order; a chunk's first row is the count of rows, good and
         invalid, of the chunks before it, so every row keeps its exact number. A read
         resumed at ``start`` parses the rows before it again and drops them."""
         schema = self.schema()
@@ -90,21 +94,39 @@ class CsvReader:
         raw = pa.schema([(f.name, pa.binary()) for f in schema])
         first = 0
         with self._stream() as stream, ThreadPoolExecutor(PARSE_THREADS, "etl-csv") as pool:
-            parsing: deque = deque()
-            chunks = _line_chunks(stream)
+            parsing: deque = deque()        # (future, chunk bytes), in file order
+            chunks, queued = self._chunks(stream, parsing), 0
             try:
                 while True:
-                    while len(parsing) <= PARSE_THREADS and (chunk := next(chunks, None)) is not None:
-                        parsing.append(pool.submit(self._parse, chunk, schema, raw))
+                    while queued < IN_FLIGHT_BYTES and (chunk := next(chunks, None)) is not None:
+                        parsing.append((pool.submit(self._parse, chunk, schema, raw), chunk.size))
+                        queued += chunk.size
                     if not parsing:
                         return
-                    piece = self._numbered(*parsing.popleft().result(), schema, first)
+                    future, size = parsing.popleft()
+                    queued -= size
+                    piece = self._numbered(*future.result(), schema, first)
                     first = piece.end
                     if piece.end > start:
                         yield piece.split(start)[1] if piece.first < start else piece
             finally:
-                for future in parsing:
+                for future, _ in parsing:
                     future.cancel()
+
+    def _chunks(self, stream, parsing: deque) -> Iterator[pa.Buffer]:
+        """The chunks to parse; the first block's rows, when inferring its types gave
+        them as they are, go first into ``parsing`` as parsed, and the chunks start
+        after that block."""
+        first_rows = self.__dict__.pop("_first_rows", None)
+        if first_rows is None:
+            return _line_chunks(stream)
+        size, table = first_rows
+        parsed: Future = Future()
+        parsed.set_result((table, [], True))
+        parsing.append((parsed, 0))
+        while size > 0 and (skipped := stream.read_buffer(min(size, CHUNK_BYTES)).size):
+            size -= skipped
+        return _line_chunks(stream, header=False)
 
     def _parse(self, chunk: pa.Buffer, schema: pa.Schema, raw: pa.Schema) -> tuple[pa.Table, list, bool]:
         """One chunk as ``(table, invalid rows, typed)``: parsed as ``schema``, or after a
@@ -159,13 +181,20 @@ class CsvReader:
         # declared columns are read as text here, so a bad value in the first block is
         # its row's dead letter later, not a file that cannot be read
         options = pcsv.ConvertOptions(column_types={name: pa.string() for name in declared})
-        block = self._first_block()
-        # one block parsed on all cores, nothing read ahead (pyarrow's streaming reader
-        # would read and parse the second block too: twice the time for the same types)
-        schema = pcsv.read_csv(pa.BufferReader(block), read_options=pcsv.ReadOptions(
-            block_size=block.size + 1, use_threads=True), parse_options=self._parse_options(lambda row: "skip"),
-            convert_options=options).schema
-        return pa.schema([(f.name, declared.get(f.name) or _text_if_untyped(f.type)) for f in schema])
+        block, invalid = self._first_block(), []
+        # the block parsed on all cores, in parts (read_csv infers each column's type
+        # across all of them, as over the block whole), nothing read ahead (pyarrow's
+        # streaming reader would read and parse the next block too)
+        table = pcsv.read_csv(pa.BufferReader(block), read_options=pcsv.ReadOptions(
+            block_size=max(HEAD_BYTES, -(-block.size // (2 * PARSE_THREADS))), use_threads=True),
+            parse_options=self._parse_options(lambda row: invalid.append(row) or "skip"), convert_options=options)
+        schema = pa.schema([(f.name, declared.get(f.name) or _text_if_untyped(f.type)) for f in table.schema])
+        if not invalid and table.schema.equals(schema):
+            # the block's rows as the typed parse would give them: read again, they would
+            # be parsed twice (a row that does not fit a type it declares, or that does
+            # not have every field, makes the typed parse the one to number it)
+            self._first_rows = (block.size, table)
+        return schema
 
     def _first_block(self) -> pa.Buffer:
         """The file's first block (``self.block`` bytes, decoded) up to its last line
@@ -205,12 +234,12 @@ class CsvReader:
         return pcsv.ParseOptions(delimiter=self.source.delimiter, invalid_row_handler=handler)
 
 
-def _line_chunks(stream) -> Iterator[pa.Buffer]:
-    """The stream's data rows in chunks of whole lines, the header line (and a BOM)
+def _line_chunks(stream, header: bool = True) -> Iterator[pa.Buffer]:
+    """The stream's data rows in chunks of whole lines, the ``header`` line (and a BOM)
     left out, without copying the data: each block read (:data:`CHUNK_BYTES`) gives
     the slice from its first line break to its last, and the line it shares with the
     next block (the only bytes copied) comes as a small chunk of its own."""
-    carry, header = b"", True
+    carry = b""
     while True:
         block = stream.read_buffer(CHUNK_BYTES)
         if block.size == 0:

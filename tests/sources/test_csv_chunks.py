@@ -3,6 +3,8 @@ number, and a read resumed at any committed position yields the very batches a f
 read did, wherever the chunks fall."""
 from __future__ import annotations
 
+from datetime import date
+
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -13,6 +15,9 @@ from etl_actors.sources.file import FileSource
 # whose name holds a byte that is not UTF-8, or a blank line (pyarrow skips those: they
 # are not rows).
 KINDS = st.sampled_from(["good"] * 6 + ["extra", "text", "badbyte", "blank"])
+# Rows for a file whose types are inferred: a number that is not one would make its
+# column text instead.
+INFERRED_KINDS = st.sampled_from(["good"] * 6 + ["extra", "badbyte", "blank"])
 
 
 def render(kinds: list[str]) -> tuple[bytes, list[tuple], list[tuple]]:
@@ -49,11 +54,25 @@ def read(source: FileSource, position=None) -> list:
        data=st.data())
 def test_rows_keep_their_numbers_and_a_resumed_read_repeats_the_batches(tmp_path, monkeypatch, kinds, chunk,
                                                                        batch, data):
+    check_reads(tmp_path, monkeypatch, kinds, chunk, batch, data, columns=(("id", "int"), ("amount", "int")))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(INFERRED_KINDS, min_size=0, max_size=120), chunk=st.integers(8, 200),
+       batch=st.integers(1, 40), data=st.data())
+def test_with_types_inferred_the_first_block_read_once_keeps_the_rows_and_their_numbers(tmp_path, monkeypatch, kinds,
+                                                                                       chunk, batch, data):
+    """Without declared types, the rows of the first block come from inferring its
+    types (when it holds no invalid row): the same rows, numbers and batches."""
+    check_reads(tmp_path, monkeypatch, ["good"] + kinds, chunk, batch, data, columns=())
+
+
+def check_reads(tmp_path, monkeypatch, kinds, chunk, batch, data, columns) -> None:
     text, good, rejects = render(kinds)
     path = tmp_path / "a.csv"
     path.write_bytes(text)
     monkeypatch.setattr(csv_reader, "CHUNK_BYTES", chunk)
-    source = FileSource(path=str(path), batch_size=batch, columns=(("id", "int"), ("amount", "int")))
+    source = FileSource(path=str(path), batch_size=batch, columns=columns)
     batches = read(source)
 
     rows = [tuple(r.values()) for b in batches for r in b.table.to_pylist()]
@@ -67,6 +86,30 @@ def test_rows_keep_their_numbers_and_a_resumed_read_repeats_the_batches(tmp_path
     again = read(source, batches[resume - 1].position if resume else None)
     assert [(b.batch_id, b.position, b.table.to_pylist(), [r.record for r in b.rejects]) for b in again] == \
         [(b.batch_id, b.position, b.table.to_pylist(), [r.record for r in b.rejects]) for b in batches[resume:]]
+
+
+def test_the_first_block_is_parsed_once_when_inferring_its_types_gave_its_rows(tmp_path, monkeypatch):
+    """The rows of the first block come from inferring its types; the chunk parses
+    begin after it. A row with a field too many in it makes the chunks parse it all."""
+    parsed = []
+    parse = csv_reader.CsvReader._parse
+    monkeypatch.setattr(csv_reader.CsvReader, "_parse", lambda self, chunk, *a: parsed.append(
+        (result := parse(self, chunk, *a))[0].num_rows) or result)
+    rows = [b"id,amount,day"] + [b"%d,%d.5,2024-01-%02d" % (i, i, i % 28 + 1) for i in range(30_000)]
+    (tmp_path / "a.csv").write_bytes(b"\n".join(rows) + b"\n")
+    source = FileSource(path=str(tmp_path / "a.csv"), batch_size=10_000)
+    batches = read(source)
+    assert [b.batch_id for b in batches] == ["a.csv#0", "a.csv#10000", "a.csv#20000"]
+    assert pa.concat_tables(b.table for b in batches).to_pylist() == \
+        [{"id": i, "amount": i + 0.5, "day": date(2024, 1, i % 28 + 1)} for i in range(30_000)]
+    first_block = 30_000 - sum(parsed)
+    assert 5_000 < first_block < 30_000          # about batchSize rows, read once
+
+    parsed.clear()
+    rows[3] += b",surplus"
+    (tmp_path / "a.csv").write_bytes(b"\n".join(rows) + b"\n")
+    batches = read(source)
+    assert sum(parsed) == 29_999 and [r.record["_line"] for b in batches for r in b.rejects] == [4]
 
 
 def test_a_line_longer_than_a_chunk_is_one_row(tmp_path, monkeypatch):
