@@ -52,6 +52,29 @@ def test_parquet_is_snappy_compressed_and_readable(tmp_path):
     assert pq.read_table(written).equals(people(range(3)))
 
 
+def _encodings(path) -> dict[str, bool]:
+    """Per column of a Parquet file's first row group: whether it has a dictionary."""
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    return {group.column(i).path_in_schema: "RLE_DICTIONARY" in group.column(i).encodings
+            for i in range(group.num_columns)}
+
+
+def test_parquet_columns_whose_values_repeat_get_a_dictionary_and_the_others_do_not(tmp_path):
+    n = 5_000
+    rows = pa.table({"id": range(n), "price": [i * 1.01 for i in range(n)], "email": [f"u{i}@x.io" for i in range(n)],
+                     "qty": [i % 50 for i in range(n)], "day": pa.array([i % 365 for i in range(n)], pa.int32()).cast(
+                         pa.date32()), "status": ["open", "shut"] * (n // 2), "ok": [True] * n,
+                     "tags": [[i % 3] for i in range(n)]})
+    small = rows.slice(0, 10)          # too few rows to judge: text gets a dictionary, nothing else
+    load(FileSink(path=str(tmp_path)), (small, "b0"), (rows, "b1"), (small, "b2"))
+    judged = {"id": False, "price": False, "email": False, "qty": True, "day": True, "status": True, "ok": False,
+              "tags.list.element": False}
+    by_batch = {b: _encodings(tmp_path / file_name(b, "parquet")) for b in ("b0", "b1", "b2")}
+    assert by_batch["b0"] == {**judged, "email": True, "qty": False, "day": False}
+    assert by_batch["b1"] == by_batch["b2"] == judged     # judged once, on the first batch large enough
+    assert pq.read_table(tmp_path / file_name("b1", "parquet")).equals(rows)
+
+
 def test_csv_files_have_a_header_and_every_row(tmp_path):
     load(FileSink(path=str(tmp_path), format="csv"), (people(range(4)), "b1"))
     [written] = tmp_path.glob("part-*.csv")
