@@ -53,19 +53,31 @@ class Rows:
                 Rows(at, self.table.slice(good), self.rejects[len(before):]))
 
 
-def rebatch(pieces: Iterable[Rows], start: int, size: int) -> Iterator[Rows]:
+def rebatch(pieces: Iterable[Rows], start: int, size: int) -> Iterator[tuple[Rows, bool]]:
     """Contiguous ``pieces`` starting at row ``start``, regrouped into runs of ``size``
-    rows on the grid ``start + k * size``; the last run holds what is left."""
+    rows on the grid ``start + k * size`` (the last run holds what is left), each with
+    whether it is the last. A run is handed on once it is whole: only one that ends
+    where a piece ends waits for the next piece with rows, to say whether it is the
+    last (not for the next run)."""
+    pieces = iter(p for p in pieces if p.end > p.first)
     pending, boundary = [], start + size
-    for piece in pieces:
+    piece = next(pieces, None)
+    while piece is not None:
+        following = _UNREAD
         while piece.end >= boundary:
+            if piece.end == boundary and (following := next(pieces, None)) is None:
+                break                          # the last run, whole: handed on below
             head, piece = piece.split(boundary)
-            yield _joined(pending + [head])
+            yield _joined(pending + [head]), False
             pending, boundary = [], boundary + size
         if piece.end > piece.first:
             pending.append(piece)
+        piece = next(pieces, None) if following is _UNREAD else following
     if pending:
-        yield _joined(pending)
+        yield _joined(pending), True
+
+
+_UNREAD = object()
 
 
 def _joined(pieces: list[Rows]) -> Rows:
@@ -77,14 +89,14 @@ def _joined(pieces: list[Rows]) -> Rows:
 
 def file_batches(pieces: Iterable[Rows], partition: str, start: int, size: int) -> Iterator[SourceBatch]:
     """The batches of one file read from row ``start``: ids ``partition#first_row``, the
-    last one says ``done`` (one lookahead), and a file with nothing left still yields
-    one empty, done batch so that it is skipped next run."""
-    pending = None
-    for run in rebatch(pieces, start, size):
-        if pending is not None:
-            yield _batch(pending, partition, done=False)
-        pending = run
-    yield _batch(pending or Rows(start, pa.table({})), partition, done=True)
+    last one says ``done``, and a file with nothing left still yields one empty, done
+    batch so that it is skipped next run."""
+    empty = True
+    for run, last in rebatch(pieces, start, size):
+        empty = False
+        yield _batch(run, partition, done=last)
+    if empty:
+        yield _batch(Rows(start, pa.table({})), partition, done=True)
 
 
 def _batch(run: Rows, partition: str, done: bool) -> SourceBatch:

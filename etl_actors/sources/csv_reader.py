@@ -61,7 +61,10 @@ class CsvReader:
         with self._stream() as stream:
             self.head = stream.read(HEAD_BYTES)
         self.whole = len(self.head) < HEAD_BYTES
-        self.block = block_size(self.head, source.batch_size)
+        # the first block: the rows the types are inferred from, and, parsed so, the
+        # first batch; sized from the head's lines for a twentieth more than a batch, so
+        # that batch need not wait for the next chunk's parse for its last rows
+        self.block = block_size(self.head, source.batch_size + source.batch_size // 20)
         if problem := head_problem(self.head, source.encoding, self.whole):
             raise Unreadable(problem)
 
