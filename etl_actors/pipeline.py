@@ -44,8 +44,9 @@ def resolve_log_url(log: str | None = None) -> str:
 # second, keeps twenty more batches' memory in use, so each new one lands in pages the
 # kernel must first zero), and Arrow's allocator in its workers keeps freed memory for a
 # second before handing it back (after mimalloc's default, 10 ms, the next batch's
-# buffers fault it in again). Together: 10-15% less kernel time in an extractor. Each
-# is an environment variable the user may set otherwise.
+# buffers fault it in again). Together: an eighth of the extractor's page faults and 8%
+# less CPU in a 6M-row CSV run. Each is an environment variable the user may set
+# otherwise.
 LOCAL_RAY_ENV = {"RAY_free_objects_period_milliseconds": "100", "MIMALLOC_PURGE_DELAY": "1000"}
 
 

@@ -88,9 +88,10 @@ class CsvReader:
 
         The file is cut into chunks of whole lines (:data:`CHUNK_BYTES` or more), parsed
         side by side on :data:`PARSE_THREADS` threads (pyarrow parses without the GIL),
-        :data:`IN_FLIGHT_BYTES` of them at a time, and handed on in file order; a chunk's first row is the count of rows, good and
-        invalid, of the chunks before it, so every row keeps its exact number. A read
-        resumed at ``start`` parses the rows before it again and drops them."""
+        :data:`IN_FLIGHT_BYTES` of them at a time, and handed on in file order; a chunk's
+        first row is the count of rows, good and invalid, of the chunks before it, so
+        every row keeps its exact number. A read resumed at ``start`` parses the rows
+        before it again and drops them."""
         schema = self.schema()
         if schema is None or self._header_only():
             return
@@ -193,9 +194,9 @@ class CsvReader:
             parse_options=self._parse_options(lambda row: invalid.append(row) or "skip"), convert_options=options)
         schema = pa.schema([(f.name, declared.get(f.name) or _text_if_untyped(f.type)) for f in table.schema])
         if not invalid and table.schema.equals(schema):
-            # the block's rows as the typed parse would give them: read again, they would
-            # be parsed twice (a row that does not fit a type it declares, or that does
-            # not have every field, makes the typed parse the one to number it)
+            # these are the block's rows as the typed parse of its chunks would give them,
+            # so they are not parsed again; otherwise (a declared type, a column of nulls
+            # or of bytes, a row without every field) the typed parse numbers them
             self._first_rows = (block.size, table)
         return schema
 
