@@ -61,6 +61,7 @@ class CsvReader:
         with self._stream() as stream:
             self.head = stream.read(HEAD_BYTES)
         self.whole = len(self.head) < HEAD_BYTES
+        self._first_rows: tuple[int, pa.Table] | None = None   # (block bytes, its rows), see _inferred
         # the first block: the rows the types are inferred from, and, parsed so, the
         # first batch; sized from the head's lines for a twentieth more than a batch, so
         # that batch need not wait for the next chunk's parse for its last rows
@@ -121,7 +122,7 @@ class CsvReader:
         """The chunks to parse; the first block's rows, when inferring its types gave
         them as they are, go first into ``parsing`` as parsed, and the chunks start
         after that block."""
-        first_rows = self.__dict__.pop("_first_rows", None)
+        first_rows, self._first_rows = self._first_rows, None
         if first_rows is None:
             return _line_chunks(stream)
         size, table = first_rows
